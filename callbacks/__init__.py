@@ -1,0 +1,1 @@
+"""Lightning callbacks, installed as ``cmm_lightning.callbacks`` (see pyproject's package-dir)."""

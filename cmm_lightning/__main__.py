@@ -1,0 +1,80 @@
+"""Command line: ``python -m cmm_lightning SUBCOMMAND [--config FILE ...] [key=value ...]``.
+
+A thin entry point: parse, load the config, hand over to :mod:`cmm_lightning.pipeline`.
+Bad input (CMMInputError) prints one line on stderr and exits with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+SUBCOMMANDS = {
+    "prepare": "load + validate the LOB data, cut windows/targets/regimes/splits, write data_summary.json",
+    "cache-teacher": "run the teacher LLM over the windows and cache its per-layer features (hit or miss)",
+    "probe": "normalized fluorescent probe: R², fluorescence F, selectivity, raw-input control, plan",
+    "fit": "the whole pipeline: prepare → cache-teacher → probe → students → Hájek-MoE → test/backtest",
+    "backtest": "market-making backtest of every policy on the test split; results table + equity plot",
+    "test": "evaluate the trained students and MoE on the test split (report.json)",
+}
+
+EPILOG = """\
+main config keys (see README for all; any key of the structured config can be overridden):
+  run.dir=PATH            where this run writes (default runs/<timestamp>)
+  data.source=synthetic|lobster|csv|parquet   data.path=FILE|DIR   data.tick_size=0.01
+  data.window=32 data.horizon=10 data.stride=5
+  teacher.model=smollm2-135m-instruct|HUB_ID|PATH   teacher.pooling=mean|last
+  students.encoder=tcn|gru|mixer   moe.mode=uniform|gate|hajek|hajek_gate
+  trainer.accelerator=auto trainer.devices=1 trainer.strategy=auto   logger.kind=csv|wandb|none
+examples:
+  python -m cmm_lightning fit
+  python -m cmm_lightning fit --config conf/smoke.yaml run.dir=runs/smoke
+  python -m cmm_lightning prepare data.source=lobster data.path=../shared/data/lobster
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cmm_lightning",
+        description="Cooperative Market Making: distill an LLM's LOB features into tiny students.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    for name, text in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", action="append", default=[], metavar="FILE",
+                       help="YAML preset layered over the defaults (repeatable, later wins)")
+        p.add_argument("--print-config", action="store_true",
+                       help="print the resolved config and exit")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from omegaconf import OmegaConf
+
+    from .config import load_config
+    from .errors import CMMInputError
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+            return 0
+        from . import pipeline
+
+        pipeline.run(args.command, cfg)
+    except CMMInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Structured configs: one dataclass per pipeline stage, merged with OmegaConf.
+
+Defaults live here (inside the package), so ``python -m cmm_lightning ...`` works from any
+directory. ``conf/*.yaml`` presets and ``key=value`` overrides are layered on top by
+:func:`load_config`. Unknown keys are errors that name the key and suggest the closest one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from .errors import CMMInputError
+
+
+@dataclass
+class RunConfig:
+    dir: Optional[str] = None  # default: runs/<timestamp>
+    seed: int = 0
+    cache_dir: Optional[str] = None  # teacher features + model copies; default $CMM_CACHE or ~/.cache/cmm_lightning
+
+
+@dataclass
+class SyntheticConfig:
+    """Seeded regime-switching LOB simulator (DESIGN §2)."""
+
+    n_snapshots: int = 40_000
+    seed: int = 7
+    start_price: float = 100.0  # currency units
+    mean_regime_length: int = 2_000  # snapshots per regime spell (geometric)
+    ofi_signal: float = 0.6  # strength of imbalance -> next mid move
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # synthetic | lobster | csv | parquet
+    path: Optional[str] = None  # file or folder (LOBSTER: orderbook, message or their folder)
+    tick_size: float = 0.01  # tables: currency per tick
+    levels: int = 5  # book levels kept
+    window: int = 32  # T snapshots per input window
+    horizon: int = 10  # h snapshots ahead for the targets
+    stride: int = 5  # snapshots between consecutive windows (= decision interval)
+    max_windows: Optional[int] = None  # keep only the last N windows (None: all)
+    split: list = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train / val / test fractions
+    gap: Optional[int] = None  # snapshots between splits (default and minimum: horizon)
+    batch_size: int = 256
+    num_workers: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "smollm2-135m-instruct"  # registry name, HF hub id or local path
+    template: str = "v1"
+    pooling: str = "mean"  # mean | last
+    dtype: str = "auto"  # auto (bf16 on GPU/AMX CPU) | float32 | bfloat16 | float16
+    batch_size: int = 32
+    prefix_cache: bool = True
+    trust_remote_code: bool = False
+    agent: bool = False  # also decode the LLM-as-agent numbers (slow)
+    agent_max_windows: int = 64
+
+
+@dataclass
+class ProbeConfig:
+    lambdas: list = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1000.0])
+    grouping: str = "thirds"  # thirds (shallow/middle/deep) | profile
+    n_groups: int = 3
+    seed: int = 0
+
+
+@dataclass
+class StudentsConfig:
+    encoder: str = "tcn"  # tcn | gru | mixer
+    hidden: int = 48
+    alpha: float = 1.0  # feature loss weight
+    beta: float = 1.0  # task loss weight
+    gamma: float = 0.5  # KD loss weight (teacher probe readout)
+    feat_loss: str = "nmse"  # nmse | cosine
+    pca_dim: Optional[int] = 64  # teacher slice reduced by PCA (None: full width)
+    task_upweight: float = 3.0
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    max_epochs: int = 15
+    patience: int = 4
+
+
+@dataclass
+class MoEConfig:
+    mode: str = "hajek_gate"  # uniform | gate | hajek | hajek_gate
+    embed_dim: int = 16  # m, the shared space of e_i = Q_i h_i
+    sigma: str = "median"  # median | learned
+    kappa: float = 1.0
+    tau: float = 1.0
+    freeze_students: bool = True
+    lr: float = 3e-3
+    max_epochs: int = 15
+    patience: int = 4
+    ablations: bool = True  # also train/evaluate the other modes for the report
+
+
+@dataclass
+class MarketConfig:
+    policies: list = field(
+        default_factory=lambda: [
+            "cmm", "fixed_spread", "avellaneda_stoikov", "teacher_probe", "single_student_kd",
+        ]
+    )
+    eta: float = 0.05  # inventory skew, ticks per share of inventory
+    spread_mult: float = 1.0  # c in delta = max(1 tick, c * s_hat / 2)
+    base_size: int = 100
+    min_size: int = 10
+    max_size: int = 500
+    inventory_limit: int = 1_000
+    fixed_half_spread: float = 1.0  # ticks, fixed_spread baseline
+    latency: int = 1  # snapshots, entry and cancel alike
+    maker_fee: float = 0.0  # per share traded, in currency (negative = rebate)
+    taker_fee: float = 0.0
+    episode_length: Optional[int] = None  # snapshots per episode (None: whole split)
+
+
+@dataclass
+class RLConfig:
+    enabled: bool = True
+    timesteps: int = 20_000
+    inventory_penalty: float = 0.01
+    action: str = "discrete"  # discrete | continuous
+
+
+@dataclass
+class TrainerConfig:
+    """Passed through to ``lightning.Trainer``."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "csv"  # csv | wandb | none
+    project: str = "cmm_lightning"
+    entity: Optional[str] = None
+    tags: list = field(default_factory=list)
+    offline: Optional[bool] = None  # None: offline unless W&B credentials are present
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    students: StudentsConfig = field(default_factory=StudentsConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    market: MarketConfig = field(default_factory=MarketConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def _all_keys(node: dict, prefix: str = "") -> list[str]:
+    """Every key of the schema, leaves and sections, dotted."""
+    keys = []
+    for k, v in node.items():
+        keys.append(f"{prefix}{k}")
+        if isinstance(v, dict):
+            keys.extend(_all_keys(v, f"{prefix}{k}."))
+    return keys
+
+
+def _unknown_key_error(key: str, source: str) -> CMMInputError:
+    valid = _all_keys(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return CMMInputError(f"{source}: unknown config key '{key}'{hint}")
+
+
+def _check_keys(node: Any, source: str, prefix: str = "") -> None:
+    """Raise a CMMInputError for the first key in ``node`` that the schema lacks."""
+    schema = OmegaConf.structured(Config)
+    for key in _flat_keys(node, prefix):
+        if OmegaConf.select(schema, key, default="__missing__") == "__missing__":
+            raise _unknown_key_error(key, source)
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, (dict, DictConfig)):
+        return [prefix.rstrip(".")] if prefix else []
+    out = []
+    for k, v in node.items():
+        if isinstance(v, (dict, DictConfig)) and v:
+            out.extend(_flat_keys(v, f"{prefix}{k}."))
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def load_config(files: list[str] | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Defaults ← each ``--config`` file in order ← ``key=value`` overrides; validated."""
+    cfg = OmegaConf.structured(Config)
+    for f in files or []:
+        path = Path(f)
+        if not path.is_file():
+            raise CMMInputError(f"{f}: config file not found")
+        try:
+            layer = OmegaConf.load(path)
+        except Exception as e:  # yaml errors
+            raise CMMInputError(f"{f}: not valid YAML ({str(e).splitlines()[0]})") from None
+        _check_keys(OmegaConf.to_container(layer), str(f))
+        cfg = _merge(cfg, layer, str(f))
+    for item in overrides or []:
+        if "=" not in item:
+            raise CMMInputError(f"command line: expected key=value, got '{item}'")
+        key = item.split("=", 1)[0]
+        _check_keys({key: None} if "." not in key else _nest(key), "command line")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), "command line")
+    _validate(cfg)
+    return cfg
+
+
+def _nest(dotted: str) -> dict:
+    out: dict = {}
+    cur = out
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = None
+    return out
+
+
+def _merge(cfg: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except ConfigKeyError as e:
+        raise _unknown_key_error(str(e.full_key or e.key), source) from None
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        raise CMMInputError(f"{source}: bad value for '{e.full_key}': {msg}") from None
+
+
+_CHOICES = {
+    "data.source": ("synthetic", "lobster", "csv", "parquet"),
+    "teacher.pooling": ("mean", "last"),
+    "probe.grouping": ("thirds", "profile"),
+    "students.encoder": ("tcn", "gru", "mixer"),
+    "students.feat_loss": ("nmse", "cosine"),
+    "moe.mode": ("uniform", "gate", "hajek", "hajek_gate"),
+    "moe.sigma": ("median", "learned"),
+    "rl.action": ("discrete", "continuous"),
+    "logger.kind": ("csv", "wandb", "none"),
+}
+
+
+def _validate(cfg: DictConfig) -> None:
+    for key, choices in _CHOICES.items():
+        val = OmegaConf.select(cfg, key)
+        if val not in choices:
+            raise CMMInputError(f"config: {key}={val!r} is not one of {', '.join(choices)}")
+    if len(cfg.data.split) != 3 or any(float(x) <= 0 for x in cfg.data.split):
+        raise CMMInputError("config: data.split must be three positive fractions (train, val, test)")
+    if cfg.data.gap is not None and cfg.data.gap < cfg.data.horizon:
+        raise CMMInputError(
+            f"config: data.gap={cfg.data.gap} must be at least data.horizon={cfg.data.horizon}"
+        )
+    for key in ("data.window", "data.horizon", "data.stride", "data.levels"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise CMMInputError(f"config: {key} must be >= 1")
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """``run.dir`` or a fresh ``runs/<timestamp>`` folder; created and stored back into cfg."""
+    if cfg.run.dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = Path("runs") / stamp
+        path, i = base, 1
+        while path.exists():
+            path, i = Path(f"{base}-{i}"), i + 1
+        cfg.run.dir = str(path)
+    path = Path(os.path.expanduser(cfg.run.dir))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    default = os.environ.get("CMM_CACHE", "~/.cache/cmm_lightning")
+    path = Path(os.path.expanduser(str(cfg.run.cache_dir or default)))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> Path:
+    """Write the resolved config atomically to ``run_dir/config.yaml``."""
+    from .io import atomic_write_text
+
+    return atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

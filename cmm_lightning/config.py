@@ -34,8 +34,8 @@ class SyntheticConfig:
     n_snapshots: int = 40_000
     seed: int = 7
     start_price: float = 100.0  # currency units
-    mean_regime_length: int = 2_000  # snapshots per regime spell (geometric)
-    ofi_signal: float = 0.6  # strength of imbalance -> next mid move
+    mean_regime_length: int = 500  # mean regime spell (geometric); short enough for all 3 in every split
+    ofi_signal: float = 0.7  # strength of imbalance -> next mid move (ridge R² on mid ≈ 0.2)
 
 
 @dataclass
@@ -70,16 +70,20 @@ class TeacherConfig:
 
 @dataclass
 class ProbeConfig:
-    lambdas: list = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1000.0])
+    # ridge λ grid (sum-of-squares scale on standardized features, chosen on val per layer/task/regime)
+    lambdas: list = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5])
     grouping: str = "thirds"  # thirds (shallow/middle/deep) | profile
     n_groups: int = 3
-    seed: int = 0
+    seed: int = 0  # shuffled-target control permutation
+    min_windows: int = 20  # a regime with fewer windows in any split is not probed (NaN column)
 
 
 @dataclass
 class StudentsConfig:
     encoder: str = "tcn"  # tcn | gru | mixer
-    hidden: int = 48
+    hidden: int = 48  # d, width of each student's window code h
+    channels: int = 24  # C, first-layer channels (tcn, mixer)
+    kernel: int = 8  # k, snapshots per temporal-conv kernel / mixer patch (stride = kernel)
     alpha: float = 1.0  # feature loss weight
     beta: float = 1.0  # task loss weight
     gamma: float = 0.5  # KD loss weight (teacher probe readout)
@@ -90,6 +94,7 @@ class StudentsConfig:
     weight_decay: float = 1e-4
     max_epochs: int = 15
     patience: int = 4
+    kd_lambdas: list = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1000.0])  # own KD ridge
 
 
 @dataclass
@@ -104,6 +109,7 @@ class MoEConfig:
     max_epochs: int = 15
     patience: int = 4
     ablations: bool = True  # also train/evaluate the other modes for the report
+    gate_hidden: int = 16  # g(x): MLP 2F -> gate_hidden -> S on (last snapshot, window mean)
 
 
 @dataclass
@@ -124,6 +130,15 @@ class MarketConfig:
     maker_fee: float = 0.0  # per share traded, in currency (negative = rebate)
     taker_fee: float = 0.0
     episode_length: Optional[int] = None  # snapshots per episode (None: whole split)
+    # fill model details (docs/fill_model.md)
+    latency_ns: int = 0  # > 0: latency in ns of exchange time (active at first row with ts >= t + latency_ns)
+    lot_size: float = 1.0  # shares per lot; quote sizes are whole lots
+    post_only: bool = False  # an order that crosses on arrival: False = taker fill, True = rejected
+    partial_fills: bool = True  # False: an at-price fill takes the whole order (hftbacktest no_partial_fill)
+    queue_depth_cap: bool = False  # True: queue ahead <= displayed size at our price (hftbacktest risk_adverse)
+    as_gamma: Optional[float] = None  # Avellaneda-Stoikov overrides (None: estimated on the train split)
+    as_k: Optional[float] = None
+    as_sigma: Optional[float] = None
 
 
 @dataclass

@@ -93,6 +93,8 @@ class WindowSet:
     def summary(self) -> dict:
         out = {
             "n_snapshots": int(self.book.n),
+            "levels": int(self.book.levels),
+            "tick_size": float(self.book.tick_size),
             "n_windows": {s: int((self.split == i).sum()) for i, s in enumerate(SPLITS)},
             "window": self.window,
             "horizon": self.horizon,
@@ -104,6 +106,8 @@ class WindowSet:
             },
             "targets": {},
         }
+        if "dropped_rows" in self.book.meta:
+            out["dropped_rows"] = int(self.book.meta["dropped_rows"])
         train = self.split == 0
         for k, t in enumerate(TASKS):
             col = self.targets[train, k]
@@ -166,7 +170,8 @@ def make_windows(book: Book, window: int = 32, horizon: int = 10, stride: int = 
             raise CMMInputError(f"{book.source}: split '{name}' is empty; use more data or change data.split")
     train = split_id == 0
     cuts = np.quantile(rv[train], [1 / 3, 2 / 3])
-    regime = np.searchsorted(cuts, rv, side="right").astype(np.int64)
+    # rv <= cut goes to the lower regime: a window with no mid move (rv = 0) is always calm
+    regime = np.searchsorted(cuts, rv, side="left").astype(np.int64)
     bounds = {
         s: [int(end[split_id == i][0]), int(end[split_id == i][-1])] for i, s in enumerate(SPLITS)
     }

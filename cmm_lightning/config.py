@@ -136,6 +136,10 @@ class MarketConfig:
     post_only: bool = False  # an order that crosses on arrival: False = taker fill, True = rejected
     partial_fills: bool = True  # False: an at-price fill takes the whole order (hftbacktest no_partial_fill)
     queue_depth_cap: bool = False  # True: queue ahead <= displayed size at our price (hftbacktest risk_adverse)
+    # design | hftbacktest: hftbacktest's risk_adverse_queue_model + no_partial_fill_exchange + GTX
+    # quotes + constant order latency (entry = latency_ns, response below), fill for fill (docs/hft_agreement.md)
+    fill_model: str = "design"
+    response_latency_ns: int = 0  # hftbacktest mode: fills reach the trader (inventory rule) this much later
     as_gamma: Optional[float] = None  # Avellaneda-Stoikov overrides (None: estimated on the train split)
     as_k: Optional[float] = None
     as_sigma: Optional[float] = None
@@ -143,10 +147,26 @@ class MarketConfig:
 
 @dataclass
 class RLConfig:
+    """PPO market makers rl_ppo / cmm_rl on the backtest engine (market/rl.py, docs/rl.md)."""
+
     enabled: bool = True
     timesteps: int = 20_000
+    # φ of the running penalty φ·(q/base_size)² per decision step; reward in ticks per base clip
     inventory_penalty: float = 0.01
     action: str = "discrete"  # discrete | continuous
+    offsets: list = field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0])  # reservation offset grid, ticks
+    half_spreads: list = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0])  # half-spread grid, ticks
+    episode_length: int = 1_000  # rows per training segment (market.episode_length wins when set)
+    n_envs: int = 32  # training episodes stepped at once (one numba call)
+    n_steps: int = 128  # PPO rollout length per env
+    batch_size: int = 512
+    n_epochs: int = 5
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    ent_coef: float = 0.01
+    net_arch: list = field(default_factory=lambda: [64, 64])
+    eval_freq: int = 4_096  # env steps between validation evaluations
+    patience: int = 5  # evaluations without val improvement before stopping
 
 
 @dataclass

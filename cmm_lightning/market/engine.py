@@ -1,0 +1,686 @@
+"""Compiled market-making engine: one event loop over snapshots, two doors.
+
+The fill model (docs/fill_model.md has the formulas) is conservative and deterministic, in the
+spirit of hftbacktest's risk-averse queue model. Our orders never move the replayed book.
+
+* An order decided at row ``d`` becomes active at row ``a`` = ``d + market.latency`` or, when
+  ``market.latency_ns > 0``, the first row with ``ts[a] >= ts[d] + latency_ns`` (always ``a > d``).
+  Cancels (a replaced or withdrawn quote) take effect at the same row ``a``.
+* On arrival it sees the book of row ``a-1``: queue ahead ``Q`` = displayed size at its price
+  (0 when it improves the best); a bid at or above the best ask is a taker order (filled at the
+  best ask, taker fee) or, with ``post_only``, rejected.
+* At every row ``r`` it is active, a bid at ``P`` with ``n`` shares left fills
+    - all ``n`` if a trade prints below ``P`` (traded through) or the best ask ``<= P`` (crossed),
+    - ``min(n, V - Q)`` if ``V`` shares trade at ``P`` on the bid side and ``V > Q``; else ``Q -= V``.
+  Trades come from ``trade_px/trade_sz/trade_side``, or from LOBSTER execution messages
+  (types 4, 5) when the book carries them. Cancellations never shrink ``Q``.  Asks mirror bids.
+
+State lives in small numpy arrays (see the ``F_*``, ``I_*`` layouts) so that the same kernels
+serve :func:`run_engine` (the whole backtest loop in numba) and :class:`Engine` (a gymnasium env
+submits quotes and advances rows once per action, for many environments at once).
+Internally prices are ticks and cash is ticks x shares; the wrappers report currency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from ..errors import CMMInputError
+from .quoting import (EPS, NP, P_DEPTHCAP, P_HFT, P_LAT, P_LATNS, P_LIMIT, P_LOT, P_MAKER, P_MSGS,
+                      P_PARTIAL, P_POSTONLY, P_RESPNS, P_TAKER, _limit_raw, params, quote)
+
+# float state  [NF]
+F_CASH, F_INV, F_BSZ, F_BQ, F_ASZ, F_AQ, F_FEES, F_VOL, F_QUOTED, F_LFS0, F_LFS1 = range(11)
+NF = 11  # F_LFS0/1: size of the last fill per side (the trader's view of inventory, hftbacktest model)
+# int state  [NI]
+(I_BPX, I_APX, I_NFILL, I_NPLACED, I_NFILLED, I_BHIT, I_AHIT, I_ROW,
+ I_PH0, I_PC0, I_PH1, I_PC1, I_NLOG, I_LFT0, I_LFT1) = range(15)
+NI = 15  # I_NFILL counts this account's fills, I_NLOG the rows written to the fills log,
+# I_LFT0/1 the exchange time of the last fill per side
+# pending orders per side: a FIFO ring (activation rows are non-decreasing)
+PEND_CAP = 64
+# fills log columns: int64 [n, 4] and float64 [n, 3]
+L_ROW, L_TS, L_SIDE, L_PX = range(4)
+L_SIZE, L_FEE, L_TAKER = range(3)
+# per-episode outputs [E, NE]
+(E_CASH, E_INV, E_MARK, E_FEES, E_VOL, E_QUOTED, E_NFILL, E_NPLACED, E_NFILLED) = range(9)
+NE = 9
+
+
+
+# --------------------------------------------------------------------------- kernels
+@njit(cache=True, inline="always")
+def level_size(px, sz, r, price, is_bid, unknown):
+    """Displayed size at ``price`` on one side of snapshot ``r`` (``px``/``sz`` are [N, L]; no row
+    views, which cost reference counting in the hot loop).
+
+    0 when ``price`` improves the best, falls in a gap between occupied levels, or lies beyond
+    the last level of a book that shows all its levels (padding); ``unknown`` when it lies beyond
+    the deepest level of a full view: ``inf`` in the design model (no at-price fill is ever
+    assumed), 0 in the hftbacktest model (its depth map drops a level that leaves the view).
+    """
+    if is_bid:
+        if price > px[r, 0]:
+            return 0.0
+    elif price < px[r, 0]:
+        return 0.0
+    for k in range(px.shape[1]):
+        if sz[r, k] <= 0:
+            return 0.0
+        p = px[r, k]
+        if p == price:
+            return sz[r, k]
+        if (is_bid and p < price) or ((not is_bid) and p > price):
+            return 0.0
+    return unknown
+
+
+@njit(cache=True, inline="always")
+def _log_fill(fs, is_, side, row, ts, px, size, fee_per_share, taker, log_i, log_f):
+    """Book one fill into cash/inventory and (when enabled) the fills log; returns the log."""
+    fee = fee_per_share * size
+    if side == 0:
+        fs[F_CASH] -= px * size + fee
+        fs[F_INV] += size
+    else:
+        fs[F_CASH] += px * size - fee
+        fs[F_INV] -= size
+    fs[F_FEES] += fee
+    fs[F_VOL] += size
+    fs[F_LFS0 + side] = size
+    is_[I_LFT0 + side] = ts
+    n = is_[I_NLOG]
+    if log_i.shape[0] > 0:
+        if n >= log_i.shape[0]:  # grow x2
+            gi = np.zeros((2 * log_i.shape[0], 4), np.int64)
+            gf = np.zeros((2 * log_f.shape[0], 3), np.float64)
+            gi[: log_i.shape[0]] = log_i
+            gf[: log_f.shape[0]] = log_f
+            log_i, log_f = gi, gf
+        log_i[n, L_ROW] = row
+        log_i[n, L_TS] = ts
+        log_i[n, L_SIDE] = 1 if side == 0 else -1
+        log_i[n, L_PX] = px
+        log_f[n, L_SIZE] = size
+        log_f[n, L_FEE] = fee
+        log_f[n, L_TAKER] = 1.0 if taker else 0.0
+    is_[I_NFILL] += 1
+    is_[I_NLOG] = n + 1
+    return log_i, log_f
+
+
+@njit(cache=True, inline="always")
+def _place(bk, prm, fs, is_, side, r, px, size, log_i, log_f):
+    """Order ``(px, size)`` reaches the exchange just before event ``r`` (sees row ``r-1``)."""
+    ts, bpx, bsz, apx, asz = bk[0], bk[1], bk[2], bk[3], bk[4]
+    SZ = F_BSZ + 2 * side
+    Q = F_BQ + 2 * side
+    PX = I_BPX + side
+    HIT = I_BHIT + side
+    if size <= 0:  # withdraw this side
+        fs[SZ] = 0.0
+        return log_i, log_f
+    hft = prm[P_HFT] > 0  # hftbacktest: a re-quote is cancel + new, back of the queue
+    if fs[SZ] > 0 and is_[PX] == px and size <= fs[SZ] + EPS and not hft:
+        fs[SZ] = size  # same price, size not increased: a modify that keeps queue priority
+        return log_i, log_f
+    fs[SZ] = 0.0  # cancel / replace: a new order at the back of the queue
+    prev = r - 1
+    if side == 0:
+        crosses = px >= apx[prev, 0]
+        opp = apx[prev, 0]
+    else:
+        crosses = px <= bpx[prev, 0]
+        opp = bpx[prev, 0]
+    if crosses and prm[P_POSTONLY] > 0:
+        return log_i, log_f  # post-only order rejected
+    is_[I_NPLACED] += 1
+    fs[F_QUOTED] += size
+    if crosses:  # taker: executes at the opposite best, whole size, taker fee
+        log_i, log_f = _log_fill(fs, is_, side, r, ts[r], opp, size, prm[P_TAKER], True, log_i, log_f)
+        is_[I_NFILLED] += 1
+        return log_i, log_f
+    fs[SZ] = size
+    is_[PX] = px
+    is_[HIT] = 0
+    unknown = 0.0 if hft else np.inf
+    if side == 0:
+        fs[Q] = level_size(bpx, bsz, prev, px, True, unknown)
+    else:
+        fs[Q] = level_size(apx, asz, prev, px, False, unknown)
+    return log_i, log_f
+
+
+@njit(cache=True, inline="always")
+def _match(bk, prm, fs, is_, side, r, log_i, log_f):
+    """Fills of our resting order on ``side`` caused by event/snapshot ``r``.
+
+    hftbacktest model: only a print whose aggressor hits our side fills us (a seller for a bid),
+    an at-price print fills the whole order once ``V - Q >= lot``, unseen levels count as empty."""
+    ts, bpx, bsz, apx, asz = bk[0], bk[1], bk[2], bk[3], bk[4]
+    hft = prm[P_HFT] > 0
+    SZ = F_BSZ + 2 * side
+    Q = F_BQ + 2 * side
+    P = is_[I_BPX + side]
+    rem = fs[SZ]
+    through = False
+    V = 0.0
+    if prm[P_MSGS] > 0:  # LOBSTER: executions of visible (4) or hidden (5) orders
+        mt = bk[8][r]
+        if mt == 4 or mt == 5:
+            mp = bk[9][r]
+            md = bk[11][r]
+            if side == 0:
+                if mp < P and (md == 1 or not hft):
+                    through = True
+                elif mp == P and md == 1:
+                    V = bk[10][r]
+            else:
+                if mp > P and (md == -1 or not hft):
+                    through = True
+                elif mp == P and md == -1:
+                    V = bk[10][r]
+    else:
+        tv = bk[6][r]
+        if tv > 0:
+            tp = bk[5][r]
+            sd = bk[7][r]
+            if side == 0:
+                if 0 < tp < P and (sd < 0 or not hft):
+                    through = True
+                elif tp == P and (sd < 0 or (sd == 0 and not hft)):
+                    V = tv
+            else:
+                if tp > P and (sd > 0 or not hft):
+                    through = True
+                elif tp == P and (sd > 0 or (sd == 0 and not hft)):
+                    V = tv
+    fill = 0.0
+    if through:
+        fill = rem
+    elif V > 0:
+        if (V >= fs[Q] + prm[P_LOT]) if hft else (V > fs[Q]):
+            fill = min(rem, V - fs[Q]) if prm[P_PARTIAL] > 0 else rem
+            fs[Q] = 0.0
+        else:
+            fs[Q] -= V
+    if (side == 0 and apx[r, 0] <= P) or (side == 1 and bpx[r, 0] >= P):
+        fill = rem  # crossed by the opposite best
+    if fill > 0:
+        log_i, log_f = _log_fill(fs, is_, side, r, ts[r], P, fill, prm[P_MAKER], False, log_i, log_f)
+        fs[SZ] = rem - fill
+        if is_[I_BHIT + side] == 0:
+            is_[I_BHIT + side] = 1
+            is_[I_NFILLED] += 1
+    if prm[P_DEPTHCAP] > 0 and fs[SZ] > 0:
+        unknown = 0.0 if hft else np.inf
+        if side == 0:
+            fs[Q] = min(fs[Q], level_size(bpx, bsz, r, P, True, unknown))
+        else:
+            fs[Q] = min(fs[Q], level_size(apx, asz, r, P, False, unknown))
+    return log_i, log_f
+
+
+@njit(cache=True, inline="always")
+def _activate(bk, prm, fs, is_, pi, pf, side, r, log_i, log_f):
+    """Apply every pending order of ``side`` whose activation row is ``<= r`` (FIFO)."""
+    h = is_[I_PH0 + 2 * side]
+    c = is_[I_PC0 + 2 * side]
+    while c > 0 and pi[side, h, 0] <= r:
+        log_i, log_f = _place(bk, prm, fs, is_, side, r, pi[side, h, 1], pf[side, h], log_i, log_f)
+        h = (h + 1) % PEND_CAP
+        c -= 1
+    is_[I_PH0 + 2 * side] = h
+    is_[I_PC0 + 2 * side] = c
+    return log_i, log_f
+
+
+@njit(cache=True, inline="always")
+def advance(bk, prm, fs, is_, pi, pf, r1, log_i, log_f, eq, inv, base):
+    """Process rows ``is_[I_ROW] .. r1-1``; write equity (ticks) / inventory at ``row - base``
+    when ``eq`` is non-empty. Returns the (possibly grown) fills log."""
+    bpx, apx = bk[1], bk[3]
+    rec = eq.shape[0] > 0
+    for r in range(is_[I_ROW], r1):
+        if is_[I_PC0] > 0 and pi[0, is_[I_PH0], 0] <= r:
+            log_i, log_f = _activate(bk, prm, fs, is_, pi, pf, 0, r, log_i, log_f)
+        if is_[I_PC1] > 0 and pi[1, is_[I_PH1], 0] <= r:
+            log_i, log_f = _activate(bk, prm, fs, is_, pi, pf, 1, r, log_i, log_f)
+        if fs[F_BSZ] > 0:
+            log_i, log_f = _match(bk, prm, fs, is_, 0, r, log_i, log_f)
+        if fs[F_ASZ] > 0:
+            log_i, log_f = _match(bk, prm, fs, is_, 1, r, log_i, log_f)
+        if rec:
+            eq[r - base] = fs[F_CASH] + fs[F_INV] * 0.5 * (bpx[r, 0] + apx[r, 0])
+            inv[r - base] = fs[F_INV]
+    if r1 > is_[I_ROW]:
+        is_[I_ROW] = r1
+    return log_i, log_f
+
+
+@njit(cache=True, inline="always")
+def activation_row(ts, prm, d, t):
+    """Row at which an order decided at time ``t >= ts[d]`` after row ``d`` is live (may be
+    ``len(ts)``: never): ``d + latency`` snapshots, or with ``latency_ns`` the first row with
+    ``ts >= t + latency_ns``; in the hftbacktest model the first row with ``ts > t + latency_ns``
+    (market data stamped at the arrival time is processed before the order)."""
+    if prm[P_LATNS] > 0 or prm[P_HFT] > 0:
+        n = ts.shape[0]
+        ta = t + np.int64(prm[P_LATNS])
+        strict = prm[P_HFT] > 0
+        a = d + 1
+        for _ in range(8):  # usually within a few rows: scan, then bisect
+            if a >= n or ts[a] > ta or (ts[a] == ta and not strict):
+                return a
+            a += 1
+        if strict:
+            return a + np.searchsorted(ts[a:], ta, side="right")
+        return a + np.searchsorted(ts[a:], ta)
+    return d + max(1, np.int64(prm[P_LAT]))
+
+
+@njit(cache=True, inline="always")
+def trader_inventory(prm, fs, is_, t):
+    """Inventory as the trader knows it at time ``t`` -> (known, bid worst case, ask worst case).
+
+    Design model: all three are the inventory. hftbacktest model: a fill reaches the trader
+    ``response_latency_ns`` after it happens, so known = inventory - fills not yet reported; a
+    side is quoted only if its worst case stays inside the limit should every order of that side
+    that may still fill do so (the resting one being replaced, or one filled but not reported):
+    bid worst = inventory + unreported sells + resting bid, ask worst = inventory - unreported
+    buys - resting ask. Exact when decisions are >= entry + response latency apart (then at most
+    one order per side is in flight, and only the last fill per side can be unreported)."""
+    inv = fs[F_INV]
+    if prm[P_HFT] <= 0:
+        return inv, inv, inv
+    resp = np.int64(prm[P_RESPNS])
+    unk_b = fs[F_LFS0] if is_[I_LFT0] + resp > t else 0.0
+    unk_a = fs[F_LFS1] if is_[I_LFT1] + resp > t else 0.0
+    return inv - unk_b + unk_a, inv + unk_a + fs[F_BSZ], inv - unk_b - fs[F_ASZ]
+
+
+@njit(cache=True, inline="always")
+def side_limits(prm, inv_bid, inv_ask, bp, bsz, ap, asz):
+    """The inventory rule with each side's worst-case inventory (a no-op in the design model)."""
+    if not (inv_bid + bsz <= prm[P_LIMIT] + EPS):
+        bsz = 0.0
+    if not (inv_ask - asz >= -prm[P_LIMIT] - EPS):
+        asz = 0.0
+    return bp, bsz, ap, asz
+
+
+@njit(cache=True, inline="always")
+def decide(bk, prm, fs, is_, pi, pf, d, t, s0, s1, s2, s3, raw, log_i, log_f):
+    """Quotes decided at time ``t`` after row ``d`` from signals (m̂, ŝ, v̂, η) or ``raw`` quotes,
+    inventory rule applied. Orders still in flight that reach the exchange before row ``d + 1``
+    are placed first (as ``advance`` would at row ``d + 1``; this keeps the FIFO short when many
+    clock decisions fall between two rows). The design model decides on the inventory before
+    them; the hftbacktest model after them (its trader knows they arrived: they count as resting)."""
+    known, inv_b, inv_a = trader_inventory(prm, fs, is_, t)
+    for side in range(2):
+        if is_[I_PC0 + 2 * side] > 0:
+            log_i, log_f = _activate(bk, prm, fs, is_, pi, pf, side, d + 1, log_i, log_f)
+    if prm[P_HFT] > 0:
+        known, inv_b, inv_a = trader_inventory(prm, fs, is_, t)
+    if raw:
+        bp, bs, ap, as_ = _limit_raw(prm, known, np.int64(s0), s1, np.int64(s2), s3)
+    else:
+        bp, bs, ap, as_ = quote(prm, bk[1][d, 0], bk[3][d, 0], known, s0, s1, s2, s3)
+    bp, bs, ap, as_ = side_limits(prm, inv_b, inv_a, bp, bs, ap, as_)
+    return bp, bs, ap, as_, log_i, log_f
+
+
+@njit(cache=True, inline="always")
+def submit(bk, prm, fs, is_, pi, pf, d, bid_px, bid_sz, ask_px, ask_sz, t):
+    """Send quotes decided at time ``t`` after row ``d``: both sides (size 0 = withdraw) join the
+    pending FIFO."""
+    a = activation_row(bk[0], prm, d, t)
+    for side in range(2):
+        h = is_[I_PH0 + 2 * side]
+        c = is_[I_PC0 + 2 * side]
+        if c >= PEND_CAP:
+            raise ValueError("more than 64 orders in flight on one side: latency >> decision interval")
+        k = (h + c) % PEND_CAP
+        pi[side, k, 0] = a
+        pi[side, k, 1] = bid_px if side == 0 else ask_px
+        pf[side, k] = bid_sz if side == 0 else ask_sz
+        is_[I_PC0 + 2 * side] = c + 1
+
+
+@njit(cache=True, inline="always")
+def reset(fs, is_, row):
+    fs[:] = 0.0
+    is_[:] = 0
+    is_[I_ROW] = row
+
+
+@njit(cache=True)
+def run_engine(bk, prm, dec_rows, sig, raw, ep_start, ep_end, dec_lo, dec_hi, log_i, log_f, eq, inv, base,
+               dec_ts):
+    """The whole backtest in numba: episodes x decisions x rows.
+
+    Episode ``e`` covers rows [ep_start[e], ep_end[e]) and decisions dec_lo[e]..dec_hi[e]-1; it
+    starts flat and ends marked to the mid of its last row. ``sig[j]`` = (m̂, ŝ, v̂, η) or, with
+    ``raw``, quotes (bid_px, bid_sz, ask_px, ask_sz), decided at time ``dec_ts[j]`` after row
+    ``dec_rows[j]``. Returns (per-episode [E, NE], log_i, log_f).
+    """
+    bpx, apx = bk[1], bk[3]
+    fs = np.zeros(NF)
+    is_ = np.zeros(NI, np.int64)
+    pi = np.zeros((2, PEND_CAP, 2), np.int64)
+    pf = np.zeros((2, PEND_CAP))
+    out = np.zeros((ep_start.shape[0], NE))
+    for e in range(ep_start.shape[0]):
+        nlog = is_[I_NLOG]
+        reset(fs, is_, ep_start[e])
+        is_[I_NLOG] = nlog  # one fills log across episodes
+        for j in range(dec_lo[e], dec_hi[e]):
+            d = dec_rows[j]
+            if is_[I_ROW] <= d:
+                log_i, log_f = advance(bk, prm, fs, is_, pi, pf, d + 1, log_i, log_f, eq, inv, base)
+            bp, bs, ap, as_, log_i, log_f = decide(bk, prm, fs, is_, pi, pf, d, dec_ts[j], sig[j, 0],
+                                                   sig[j, 1], sig[j, 2], sig[j, 3], raw, log_i, log_f)
+            submit(bk, prm, fs, is_, pi, pf, d, bp, bs, ap, as_, dec_ts[j])
+        log_i, log_f = advance(bk, prm, fs, is_, pi, pf, ep_end[e], log_i, log_f, eq, inv, base)
+        last = ep_end[e] - 1
+        out[e, E_CASH] = fs[F_CASH]
+        out[e, E_INV] = fs[F_INV]
+        out[e, E_MARK] = 0.5 * (bpx[last, 0] + apx[last, 0])
+        out[e, E_FEES] = fs[F_FEES]
+        out[e, E_VOL] = fs[F_VOL]
+        out[e, E_QUOTED] = fs[F_QUOTED]
+        out[e, E_NFILL] = is_[I_NFILL]
+        out[e, E_NPLACED] = is_[I_NPLACED]
+        out[e, E_NFILLED] = is_[I_NFILLED]
+    return out, log_i, log_f
+
+
+# ------------------------------------------------------------------ batched (gym env)
+@njit(cache=True)
+def quote_many(bk, prm, FS, IS, rows, sig):
+    """Quotes [E, 4] for every env from signals [E, 4] at its decision row (time ``ts[row]``)."""
+    out = np.zeros((rows.shape[0], 4))
+    for e in range(rows.shape[0]):
+        d = rows[e]
+        known, inv_b, inv_a = trader_inventory(prm, FS[e], IS[e], bk[0][d])
+        bp, bs, ap, as_ = quote(prm, bk[1][d, 0], bk[3][d, 0], known,
+                                sig[e, 0], sig[e, 1], sig[e, 2], sig[e, 3])
+        bp, bs, ap, as_ = side_limits(prm, inv_b, inv_a, bp, bs, ap, as_)
+        out[e, 0] = bp
+        out[e, 1] = bs
+        out[e, 2] = ap
+        out[e, 3] = as_
+    return out
+
+
+@njit(cache=True)
+def submit_many(bk, prm, FS, IS, PI, PF, rows, quotes, raw):
+    for e in range(rows.shape[0]):
+        bp, bs, ap, as_ = np.int64(quotes[e, 0]), quotes[e, 1], np.int64(quotes[e, 2]), quotes[e, 3]
+        t = bk[0][rows[e]]
+        if raw:
+            known, inv_b, inv_a = trader_inventory(prm, FS[e], IS[e], t)
+            bp, bs, ap, as_ = _limit_raw(prm, known, bp, bs, ap, as_)
+            bp, bs, ap, as_ = side_limits(prm, inv_b, inv_a, bp, bs, ap, as_)
+        submit(bk, prm, FS[e], IS[e], PI[e], PF[e], rows[e], bp, bs, ap, as_, t)
+
+
+@njit(cache=True)
+def advance_many(bk, prm, FS, IS, PI, PF, r1):
+    no_i = np.zeros((0, 4), np.int64)
+    no_f = np.zeros((0, 3))
+    no_eq = np.zeros(0)
+    for e in range(r1.shape[0]):
+        advance(bk, prm, FS[e], IS[e], PI[e], PF[e], r1[e], no_i, no_f, no_eq, no_eq, 0)
+
+
+@njit(cache=True)
+def reset_many(FS, IS, rows, mask):
+    for e in range(rows.shape[0]):
+        if mask[e]:
+            reset(FS[e], IS[e], rows[e])
+
+
+# ------------------------------------------------------------------ python side
+def book_arrays(book) -> tuple:
+    """The Book as the tuple of contiguous, fixed-dtype arrays the kernels take.
+
+    LOBSTER books may carry ``meta['msg_type'|'msg_price'|'msg_size'|'msg_direction']`` per row;
+    then executions drive the at-price queue, otherwise trade_px / trade_sz / trade_side do.
+    """
+    c = np.ascontiguousarray
+    meta = getattr(book, "meta", None) or {}
+    if "msg_type" in meta:
+        msgs = (c(meta["msg_type"], np.int8), c(meta["msg_price"], np.int64),
+                c(meta["msg_size"], np.float64), c(meta["msg_direction"], np.int8))
+    else:
+        msgs = (np.zeros(0, np.int8), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int8))
+    return (c(book.ts, np.int64), c(book.bid_px, np.int64), c(book.bid_sz, np.float64),
+            c(book.ask_px, np.int64), c(book.ask_sz, np.float64), c(book.trade_px, np.int64),
+            c(book.trade_sz, np.float64), c(book.trade_side, np.int8)) + msgs
+
+
+FILL_DTYPE = np.dtype([("row", np.int64), ("ts", np.int64), ("side", np.int8), ("price", np.int64),
+                       ("size", np.float64), ("fee", np.float64), ("taker", np.bool_)])
+
+
+def fills_table(log_i: np.ndarray, log_f: np.ndarray, n: int, tick_size: float) -> np.ndarray:
+    """Structured array (row, ts, side ±1, price ticks, size, fee currency, taker)."""
+    out = np.zeros(n, FILL_DTYPE)
+    out["row"], out["ts"] = log_i[:n, L_ROW], log_i[:n, L_TS]
+    out["side"], out["price"] = log_i[:n, L_SIDE], log_i[:n, L_PX]
+    out["size"], out["fee"] = log_f[:n, L_SIZE], log_f[:n, L_FEE] * tick_size
+    out["taker"] = log_f[:n, L_TAKER] > 0
+    return out
+
+
+class Engine:
+    """Stateful door to the same kernels, for ``n_envs`` independent accounts on one book.
+
+    Protocol (what a gymnasium env does per action): ``reset(rows)`` puts each env flat at its
+    start row; ``submit(rows, quotes|signals)`` sends quotes decided after row ``rows[e]`` (the
+    env must have advanced through that row: ``advance(rows + 1)``); ``advance(r1)`` processes
+    rows up to ``r1 - 1``. ``equity()`` marks to the mid of the last processed row, in currency.
+    With ``n_envs == 1`` and ``log_fills`` the fills are logged exactly as in ``run_backtest``.
+    """
+
+    def __init__(self, book, cfg=None, n_envs: int = 1, log_fills: bool = False):
+        self.book, self.tick = book, float(book.tick_size)
+        self.bk = book_arrays(book)
+        self.prm = params(cfg, self.tick, has_messages=self.bk[8].shape[0] > 0)
+        self.n_envs = n_envs
+        self.FS = np.zeros((n_envs, NF))
+        self.IS = np.zeros((n_envs, NI), np.int64)
+        self.PI = np.zeros((n_envs, 2, PEND_CAP, 2), np.int64)
+        self.PF = np.zeros((n_envs, 2, PEND_CAP))
+        self.log_fills = log_fills and n_envs == 1
+        self._log_i = np.zeros((256 if self.log_fills else 0, 4), np.int64)
+        self._log_f = np.zeros((self._log_i.shape[0], 3))
+
+    def _rows(self, rows) -> np.ndarray:
+        return np.broadcast_to(np.asarray(rows, np.int64), (self.n_envs,)).copy()
+
+    def reset(self, rows, mask=None) -> None:
+        rows = self._rows(rows)
+        mask = np.ones(self.n_envs, np.bool_) if mask is None else np.asarray(mask, np.bool_)
+        reset_many(self.FS, self.IS, rows, mask)
+        self.PI[mask] = 0
+        self.PF[mask] = 0
+        if self.log_fills and mask[0]:
+            self._log_i[:] = 0
+
+    def quotes(self, rows, signals) -> np.ndarray:
+        """[E, 4] quotes (bid_px, bid_sz, ask_px, ask_sz) from signals [E, 4] (m̂, ŝ, v̂, η)."""
+        sig = np.ascontiguousarray(np.broadcast_to(np.asarray(signals, np.float64), (self.n_envs, 4)))
+        return quote_many(self.bk, self.prm, self.FS, self.IS, self._rows(rows), sig)
+
+    def submit(self, rows, quotes=None, signals=None) -> np.ndarray:
+        """Send raw ``quotes`` (inventory rule only) or quotes built from ``signals``; returns them."""
+        rows = self._rows(rows)
+        if (self.IS[:, I_ROW] != rows + 1).any():
+            raise ValueError("submit(rows): advance each env through its decision row first")
+        raw = quotes is not None
+        q = np.ascontiguousarray(np.broadcast_to(np.asarray(quotes, np.float64), (self.n_envs, 4))) if raw \
+            else self.quotes(rows, signals)
+        submit_many(self.bk, self.prm, self.FS, self.IS, self.PI, self.PF, rows, q, raw)
+        return q
+
+    def advance(self, r1) -> None:
+        r1 = np.minimum(self._rows(r1), self.book.n)
+        if self.log_fills:
+            self._log_i, self._log_f = advance(self.bk, self.prm, self.FS[0], self.IS[0], self.PI[0],
+                                               self.PF[0], int(r1[0]), self._log_i, self._log_f,
+                                               np.zeros(0), np.zeros(0), 0)
+        else:
+            advance_many(self.bk, self.prm, self.FS, self.IS, self.PI, self.PF, r1)
+
+    @property
+    def row(self) -> np.ndarray:
+        """Next row to process, per env."""
+        return self.IS[:, I_ROW].copy()
+
+    @property
+    def inventory(self) -> np.ndarray:
+        return self.FS[:, F_INV].copy()
+
+    @property
+    def cash(self) -> np.ndarray:
+        """Cash in currency (fees included)."""
+        return self.FS[:, F_CASH] * self.tick
+
+    def equity(self) -> np.ndarray:
+        """Cash + inventory x mid of the last processed row, currency."""
+        last = np.maximum(self.IS[:, I_ROW] - 1, 0)
+        mid = 0.5 * (self.bk[1][last, 0] + self.bk[3][last, 0])
+        return (self.FS[:, F_CASH] + self.FS[:, F_INV] * mid) * self.tick
+
+    def fills(self) -> np.ndarray:
+        if not self.log_fills:
+            raise ValueError("Engine(log_fills=True, n_envs=1) keeps the fills log")
+        return fills_table(self._log_i, self._log_f, int(self.IS[0, I_NLOG]), self.tick)
+
+    def counters(self) -> dict:
+        """Per-env counts: fills, placed orders, orders with a fill, volume, fees (currency)."""
+        return {"n_fills": self.IS[:, I_NFILL].copy(), "n_orders": self.IS[:, I_NPLACED].copy(),
+                "n_filled_orders": self.IS[:, I_NFILLED].copy(), "volume": self.FS[:, F_VOL].copy(),
+                "fees": self.FS[:, F_FEES] * self.tick}
+
+
+# ------------------------------------------------------------------ the backtest
+def episode_bounds(start_row: int, end_row: int, episode_length: int | None) -> np.ndarray:
+    """[E, 2] (first row, end row) of consecutive episodes of ``episode_length`` rows."""
+    if episode_length is None or episode_length <= 0:
+        return np.array([[start_row, end_row]], np.int64)
+    starts = np.arange(start_row, end_row, int(episode_length), dtype=np.int64)
+    return np.stack([starts, np.minimum(starts + int(episode_length), end_row)], axis=1)
+
+
+def default_end_row(decision_rows: np.ndarray, n_rows: int) -> int:
+    """Last decision + the median decision interval (its quotes rest that long), capped at N."""
+    d = np.asarray(decision_rows)
+    step = int(np.median(np.diff(d))) if len(d) > 1 else 1
+    return int(min(n_rows, d[-1] + max(step, 1)))
+
+
+@dataclass
+class BacktestResult:
+    """Per-row paths over rows ``rows`` (currency), the fills log and the metrics."""
+
+    rows: np.ndarray  # int64 [R] book rows start .. end-1
+    ts: np.ndarray  # int64 [R]
+    equity: np.ndarray  # float64 [R] cash + inventory x mid, currency (0 at each episode start)
+    inventory: np.ndarray  # float64 [R] shares
+    fills: np.ndarray  # structured FILL_DTYPE [n_fills]
+    decision_rows: np.ndarray  # int64 [D]
+    episodes: np.ndarray  # int64 [E, 2] (first row, end row)
+    episode_metrics: list  # one dict per episode
+    metrics: dict  # aggregate: mean over episodes, '<name>_std', n_episodes
+    quotes_raw: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def step_equity(self, e: int) -> np.ndarray:
+        """Equity of episode ``e`` at its decision rows and, last, marked at its end row."""
+        s, t = self.episodes[e]
+        d = self.decision_rows[(self.decision_rows >= s) & (self.decision_rows < t)]
+        base = self.rows[0]
+        return np.concatenate([self.equity[d - base], self.equity[[t - 1 - base]]])
+
+    def cumulative_equity(self) -> np.ndarray:
+        """Per-row equity with each episode offset by the PnL of the episodes before it."""
+        out = self.equity.copy()
+        base, carry = int(self.rows[0]), 0.0
+        for s, t in self.episodes:
+            out[s - base:t - base] += carry
+            carry = out[t - 1 - base]
+        return out
+
+
+def run_backtest(book, decision_rows, signals, market_cfg=None, episode_length=None, end_row=None,
+                 raw_quotes: bool = False, decision_ts=None, metrics: bool = True) -> BacktestResult:
+    """Replay ``book`` with quotes decided after each of ``decision_rows`` (increasing).
+
+    ``decision_ts`` (int64 ns, strictly increasing, ``>= ts[decision_rows]``) puts decisions on a
+    clock instead of at row times, e.g. every 100 ms as hftbacktest's ``elapse`` does (then a row
+    may carry several decisions); latency in ns counts from it. ``metrics=False`` skips the
+    episode metrics (``res.metrics`` stays empty), e.g. for throughput benchmarks.
+
+    ``signals`` [D, 4] = (m̂, ŝ, v̂, η) per decision (quoting.py), or with ``raw_quotes`` the quotes
+    themselves (bid_px ticks, bid_size, ask_px ticks, ask_size; the inventory rule still applies).
+    Rows [decision_rows[0], end_row) are cut into episodes of ``episode_length`` rows
+    (default ``market_cfg.episode_length``; None = one episode); each starts flat and is marked
+    to mid at its last row. All numbers in currency (ticks x ``book.tick_size``).
+    """
+    from .metrics import summarize_episodes
+
+    dec = np.ascontiguousarray(decision_rows, np.int64)
+    sig = np.ascontiguousarray(signals, np.float64)
+    if dec.ndim != 1 or len(dec) == 0:
+        raise CMMInputError("backtest: need at least one decision row")
+    if sig.shape != (len(dec), 4):
+        raise CMMInputError(f"backtest: signals must be [D, 4] with D={len(dec)}, got {sig.shape}")
+    if decision_ts is None:
+        if (np.diff(dec) <= 0).any() or dec[0] < 0 or dec[-1] >= book.n:
+            raise CMMInputError("backtest: decision rows must be strictly increasing and inside the book")
+        dts = np.ascontiguousarray(book.ts[dec], np.int64)
+    else:
+        dts = np.ascontiguousarray(decision_ts, np.int64)
+        if dts.shape != dec.shape or (np.diff(dts) <= 0).any():
+            raise CMMInputError("backtest: decision_ts must be strictly increasing, one per decision row")
+        if (np.diff(dec) < 0).any() or dec[0] < 0 or dec[-1] >= book.n or (dts < book.ts[dec]).any():
+            raise CMMInputError("backtest: decision rows must be non-decreasing, inside the book and "
+                                "not after their decision_ts")
+    if episode_length is None:
+        episode_length = getattr(market_cfg, "episode_length", None) if market_cfg is not None else None
+    end = default_end_row(dec, book.n) if end_row is None else int(min(end_row, book.n))
+    keep = dec < end
+    dec, sig, dts = dec[keep], sig[keep], dts[keep]
+    eps = episode_bounds(int(dec[0]), end, episode_length)
+    lo = np.searchsorted(dec, eps[:, 0])
+    hi = np.searchsorted(dec, eps[:, 1])
+    has = hi > lo
+    eps, lo, hi = eps[has], lo[has], hi[has]
+
+    bk = book_arrays(book)
+    prm = params(market_cfg, float(book.tick_size), has_messages=bk[8].shape[0] > 0)
+    base = int(eps[0, 0])
+    R = int(eps[-1, 1]) - base
+    eq, inv = np.zeros(R), np.zeros(R)
+    log_i, log_f = np.zeros((1024, 4), np.int64), np.zeros((1024, 3))
+    out, log_i, log_f = run_engine(bk, prm, dec, sig, bool(raw_quotes), eps[:, 0].copy(), eps[:, 1].copy(),
+                                   lo.astype(np.int64), hi.astype(np.int64), log_i, log_f, eq, inv, base, dts)
+    tick = float(book.tick_size)
+    n_fills = int(out[:, E_NFILL].sum())
+    fills = fills_table(log_i, log_f, n_fills, tick)
+    rows = np.arange(base, base + R, dtype=np.int64)
+    res = BacktestResult(rows=rows, ts=bk[0][base:base + R], equity=eq * tick, inventory=inv, fills=fills,
+                         decision_rows=dec, episodes=eps, episode_metrics=[], metrics={},
+                         quotes_raw=bool(raw_quotes))
+    res.extra["episode_state"] = out
+    res.extra["tick_size"] = tick
+    res.extra["decision_ts"] = dts
+    if metrics:
+        res.episode_metrics, res.metrics = summarize_episodes(res)
+    return res

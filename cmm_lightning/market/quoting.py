@@ -1,0 +1,122 @@
+"""Quoting rule (DESIGN §7): per-decision signals -> passive bid/ask quotes, in integer ticks.
+
+Signals per decision are ``(m̂, ŝ, v̂, η)``: predicted mid move (ticks), predicted spread (ticks),
+size (shares) and inventory skew (ticks per share). With ``q`` the inventory and ``c`` =
+``market.spread_mult``::
+
+    p   = mid + m̂ − η·q                       reservation price
+    δ   = max(1 tick, c·ŝ/2)                  half-spread
+    bid = min(⌊p − δ⌋, best_ask − 1)          never through the opposite best: always passive
+    ask = max(⌈p + δ⌉, best_bid + 1)
+    n   = clip(⌊v̂ / lot⌋·lot, min_size, max_size)
+    bid size = n if q + n ≤ limit else 0;  ask size = n if q − n ≥ −limit else 0 (side not quoted)
+
+Avellaneda–Stoikov is the same formula with η = γσ²(T−t) and ŝ = [γσ²(T−t) + (2/γ)ln(1+γ/k)]/c
+per decision (see policies.py). The kernel is numba-compiled; :func:`quotes_np` is its
+vectorised NumPy twin for inspection and tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from ..errors import CMMInputError
+
+# engine parameter vector [NP] (float64): the quoting part first, then the fill model
+(P_C, P_MIN, P_MAX, P_LIMIT, P_LOT, P_MAKER, P_TAKER, P_LAT, P_LATNS, P_POSTONLY,
+ P_PARTIAL, P_DEPTHCAP, P_MSGS, P_HFT, P_RESPNS) = range(15)
+NP = 15
+FILL_MODELS = ("design", "hftbacktest")
+EPS = 1e-9  # floor/ceil tolerance: p − δ = 99.999999999 still quotes 100
+
+
+@njit(cache=True, inline="always")
+def quote(prm, best_bid, best_ask, inv, m_hat, s_hat, v_hat, eta):
+    """DESIGN §7 quoting rule, in ticks -> (bid_px, bid_sz, ask_px, ask_sz).
+
+    p = mid + m̂ − η·q;  δ = max(1, c·ŝ/2);  bid = ⌊p − δ⌋ ≤ best_ask − 1;  ask = ⌈p + δ⌉ ≥ best_bid + 1;
+    size = v̂ rounded down to lots, clipped to [min_size, max_size]; a side whose full fill would
+    take |q| beyond the limit is not quoted (size 0). NaN signals: no quotes.
+    """
+    if math.isnan(m_hat) or math.isnan(s_hat) or math.isnan(v_hat) or math.isnan(eta):
+        return 0, 0.0, 0, 0.0
+    mid = 0.5 * (best_bid + best_ask)
+    p = mid + m_hat - eta * inv
+    delta = max(1.0, prm[P_C] * s_hat / 2.0)
+    bp = min(np.int64(math.floor(p - delta + EPS)), best_ask - 1)
+    ap = max(np.int64(math.ceil(p + delta - EPS)), best_bid + 1)
+    lot = prm[P_LOT]
+    size = math.floor(v_hat / lot + EPS) * lot
+    size = min(max(size, prm[P_MIN]), prm[P_MAX])
+    bsz = size if (inv + size <= prm[P_LIMIT] + EPS and bp > 0) else 0.0
+    asz = size if inv - size >= -prm[P_LIMIT] - EPS else 0.0
+    return bp, bsz, ap, asz
+
+
+@njit(cache=True, inline="always")
+def _limit_raw(prm, inv, bp, bsz, ap, asz):
+    """Raw quotes: only the inventory rule applies."""
+    if not (inv + bsz <= prm[P_LIMIT] + EPS) or bp <= 0:
+        bsz = 0.0
+    if not (inv - asz >= -prm[P_LIMIT] - EPS):
+        asz = 0.0
+    return bp, bsz, ap, asz
+
+
+def _get(cfg, key, default):
+    val = getattr(cfg, key, default) if cfg is not None else default
+    return default if val is None else val
+
+
+def params(cfg, tick_size: float, has_messages: bool = False) -> np.ndarray:
+    """``MarketConfig`` -> the float64 parameter vector (fees converted to ticks per share)."""
+    prm = np.zeros(NP)
+    prm[P_C] = float(_get(cfg, "spread_mult", 1.0))
+    prm[P_MIN] = float(_get(cfg, "min_size", 10))
+    prm[P_MAX] = float(_get(cfg, "max_size", 500))
+    prm[P_LIMIT] = float(_get(cfg, "inventory_limit", 1000))
+    prm[P_LOT] = float(_get(cfg, "lot_size", 1.0))
+    prm[P_MAKER] = float(_get(cfg, "maker_fee", 0.0)) / tick_size
+    prm[P_TAKER] = float(_get(cfg, "taker_fee", 0.0)) / tick_size
+    prm[P_LAT] = float(_get(cfg, "latency", 1))
+    prm[P_LATNS] = float(_get(cfg, "latency_ns", 0))
+    prm[P_POSTONLY] = float(bool(_get(cfg, "post_only", False)))
+    prm[P_PARTIAL] = float(bool(_get(cfg, "partial_fills", True)))
+    prm[P_DEPTHCAP] = float(bool(_get(cfg, "queue_depth_cap", False)))
+    prm[P_MSGS] = float(has_messages)
+    fill_model = str(_get(cfg, "fill_model", "design"))
+    if fill_model not in FILL_MODELS:
+        raise CMMInputError(f"config: market.fill_model={fill_model!r} is not one of {', '.join(FILL_MODELS)}")
+    prm[P_RESPNS] = float(_get(cfg, "response_latency_ns", 0))
+    if fill_model == "hftbacktest":  # risk_adverse_queue_model + no_partial_fill_exchange + GTX quotes
+        prm[P_HFT], prm[P_POSTONLY], prm[P_PARTIAL], prm[P_DEPTHCAP] = 1.0, 1.0, 0.0, 1.0
+        if prm[P_LATNS] < 0 or prm[P_RESPNS] < 0:
+            raise CMMInputError("config: market.latency_ns and market.response_latency_ns must be >= 0")
+    elif prm[P_LATNS] <= 0 and prm[P_LAT] < 1:
+        raise CMMInputError(f"config: market.latency={_get(cfg, 'latency', 1)} must be >= 1 snapshot "
+                            "(a decision sees row d; acting on row d itself would look ahead)")
+    if prm[P_LOT] <= 0 or prm[P_MIN] > prm[P_MAX]:
+        raise CMMInputError("config: need market.lot_size > 0 and market.min_size <= market.max_size")
+    return prm
+
+
+def quotes_np(prm: np.ndarray, best_bid, best_ask, inv, signals) -> np.ndarray:
+    """Vectorised :func:`quote` over arrays: returns [D, 4] (bid_px, bid_sz, ask_px, ask_sz)."""
+    best_bid, best_ask = np.asarray(best_bid, np.int64), np.asarray(best_ask, np.int64)
+    inv = np.asarray(inv, np.float64)
+    s = np.asarray(signals, np.float64)
+    m, sh, v, eta = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
+    ok = ~np.isnan(s).any(axis=1)
+    p = 0.5 * (best_bid + best_ask) + m - eta * inv
+    delta = np.maximum(1.0, prm[P_C] * sh / 2.0)
+    with np.errstate(invalid="ignore"):
+        bp = np.minimum(np.floor(p - delta + EPS), best_ask - 1)
+        ap = np.maximum(np.ceil(p + delta - EPS), best_bid + 1)
+        n = np.clip(np.floor(v / prm[P_LOT] + EPS) * prm[P_LOT], prm[P_MIN], prm[P_MAX])
+    bsz = np.where(ok & (inv + n <= prm[P_LIMIT] + EPS) & (bp > 0), n, 0.0)
+    asz = np.where(ok & (inv - n >= -prm[P_LIMIT] - EPS), n, 0.0)
+    out = np.stack([np.where(ok, bp, 0), bsz, np.where(ok, ap, 0), asz], axis=1)
+    return out

@@ -1,0 +1,522 @@
+"""RL market makers on the backtest engine itself (DESIGN §7, issue 9): one engine, two doors.
+
+A gymnasium environment (:class:`MarketMakingEnv`, one episode) and an SB3 ``VecEnv``
+(:class:`MarketMakingVecEnv`, many episodes stepped in one numba call) drive the SAME kernels as
+:func:`~.engine.run_backtest` (``quote`` → ``submit`` → ``advance``); nothing of the fill model
+is copied here. Episodes, decision rows and metrics are those of the backtest.
+
+* **Decision step k** at row ``d_k`` (a window end of the split). Observation
+  ``o_k = [z(x_k), q_k / limit, τ_k]``: ``x_k`` the window summary the students see (the last
+  snapshot's F = 4L+3 features and 5 window statistics: realised vol, mean spread, log total
+  volume, mid move over the window, mean imbalance), ``z`` standardisation with TRAIN mean/std
+  (clipped to ±10), ``τ_k = min(1, (t_end − d_k) / H)`` the time left (H = ``market.episode_length``
+  or ``rl.episode_length`` rows). ``cmm_rl`` appends the standardised frozen CMM predictions
+  ``z(ŷ_k)`` (mid, spread, volume).
+* **Action** ``(o, δ)`` = reservation offset and half-spread in ticks: ``rl.action=discrete`` picks
+  from the grids ``rl.offsets × rl.half_spreads`` (``MultiDiscrete``), ``continuous`` maps
+  ``a ∈ [−1, 1]²`` linearly onto ``[min, max]`` of each grid. It becomes the quoting rule's signals
+  ``(m̂, ŝ, v̂, η) = (o, 2δ/c, base_size, market.eta)``, i.e. ``p = mid + o − η·q``, half-spread δ.
+* **Reward** (ticks per base clip ``b`` = ``market.base_size``), Cartea–Jaimungal running
+  inventory penalty sampled at decision times (quadratic)::
+
+      r_k = (E_{k+1} − E_k) / (b · tick) − φ · (q_{k+1} / b)²      φ = rl.inventory_penalty
+
+  with ``E`` the equity marked to mid (currency), so Σ_k (E_{k+1} − E_k) = EPnL of the episode.
+* **Training** (:func:`train_agent`): SB3 PPO on random H-row segments of the train split,
+  validation-split early stopping (``EvalCallback`` on the val split's backtest episodes +
+  ``StopTrainingOnNoModelImprovement``), best model kept, checkpoint ``run_dir/rl/<name>.zip`` +
+  ``<name>.json`` (fingerprint); an agent with the same fingerprint is loaded, not retrained.
+* **Backtest** (:func:`rl_signals`): the deterministic policy is rolled out on the split's
+  episodes and its actions returned as signals ``[D, 4]``; ``run_backtest`` on them replays the
+  identical path, so ``rl_ppo`` / ``cmm_rl`` sit in the same results table as every policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from numba import njit
+from stable_baselines3.common.logger import KVWriter
+from stable_baselines3.common.vec_env import VecEnv
+
+from ..errors import CMMInputError
+from ..io import atomic_path, read_json, write_json
+from .engine import (F_CASH, F_INV, I_NLOG, Engine, advance, decide, default_end_row, episode_bounds,
+                     fills_table, reset, submit)
+
+OBS_VERSION = "rl-obs-v1"
+N_STATS = 5  # window statistics appended to the last snapshot's features
+
+
+def _get(cfg, key, default):
+    val = getattr(cfg, key, default) if cfg is not None else default
+    return default if val is None else val
+
+
+# --------------------------------------------------------------------------- observations
+def window_summary(windows, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """[B, F + 5] float64: last snapshot's features + (rv, mean spread, log volume, Δmid, mean imb)."""
+    L = windows.book.levels
+    out = np.empty((len(idx), windows.n_features + N_STATS))
+    for s in range(0, len(idx), chunk):
+        x = windows.inputs(idx[s:s + chunk]).astype(np.float64)  # [B, T, F], prices rel. to mid now
+        o = out[s:s + chunk]
+        o[:, :-N_STATS] = x[:, -1]
+        o[:, -5] = windows.realized_vol[idx[s:s + chunk]]
+        o[:, -4] = (x[:, :, L] - x[:, :, 0]).mean(1)  # ask1 − bid1
+        o[:, -3] = np.log1p(np.expm1(x[:, :, 4 * L]).sum(1))
+        o[:, -2] = -0.5 * (x[:, 0, 0] + x[:, 0, L])  # mid now − mid at the window start
+        o[:, -1] = x[:, :, 4 * L + 2].mean(1)
+    return out
+
+
+def _standardize(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    mu, sd = train.mean(0), train.std(0)
+    return np.clip((x - mu) / np.where(sd > 1e-9, sd, 1.0), -10, 10).astype(np.float32)
+
+
+class RLTask:
+    """Everything the environments need for one book: decisions, observation tables, episodes.
+
+    ``cfg`` is the full config (``cfg.market``, ``cfg.rl``); ``preds`` [W, 3] the frozen CMM
+    predictions aligned with window ids (``cmm_rl``), or None (``rl_ppo``).
+    """
+
+    def __init__(self, windows, cfg, preds: np.ndarray | None = None):
+        self.windows, self.book = windows, windows.book
+        self.market, self.rl = cfg.market, cfg.rl
+        self.tick = float(self.book.tick_size)
+        ids = np.flatnonzero(windows.split >= 0)
+        feats = window_summary(windows, ids)
+        table = np.zeros((len(windows.end), feats.shape[1]), np.float32)
+        train = windows.split[ids] == 0
+        table[ids] = _standardize(feats, feats[train])
+        if preds is not None:
+            preds = np.asarray(preds, np.float64)
+            if preds.shape != (len(windows.end), 3) or not np.isfinite(preds[ids]).all():
+                raise CMMInputError(f"cmm_rl: preds must be finite [W={len(windows.end)}, 3], got {preds.shape}")
+            table = np.concatenate([table, np.zeros((len(table), 3), np.float32)], 1)
+            table[ids, -3:] = _standardize(preds[ids], preds[ids][train])
+        self.table, self.preds = table, preds
+        self.horizon = int(_get(self.market, "episode_length", 0) or self.rl.episode_length)
+        self.limit = float(_get(self.market, "inventory_limit", 1000))
+        self.base = float(_get(self.market, "base_size", 100))
+        self.c = float(_get(self.market, "spread_mult", 1.0))
+        self.eta = float(_get(self.market, "eta", 0.05))
+        self.offsets = np.asarray(self.rl.offsets, np.float64)
+        self.half_spreads = np.asarray(self.rl.half_spreads, np.float64)
+        if len(self.offsets) == 0 or len(self.half_spreads) == 0 or self.half_spreads.min() <= 0:
+            raise CMMInputError("config: rl.offsets and rl.half_spreads need values, half-spreads > 0")
+        self.observation_space = spaces.Box(-np.inf, np.inf, (table.shape[1] + 2,), np.float32)
+        if self.rl.action == "discrete":
+            self.action_space = spaces.MultiDiscrete([len(self.offsets), len(self.half_spreads)])
+        else:
+            self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    # ------------------------------------------------------------------ layout
+    def decisions(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(window ids, decision rows) of ``split``, as the backtest takes them."""
+        idx = self.windows.indices(split)
+        return idx, self.windows.end[idx].astype(np.int64)
+
+    def episodes(self, split: str, training: bool = False) -> np.ndarray:
+        """[E, 4] (start row, first decision j, end decision j, end row), j into the split's decisions.
+
+        Scoring: exactly :func:`run_backtest`'s episodes. Training: one H-row segment starting at
+        each decision whose segment fits in the split (random starts give varied episodes).
+        """
+        _, dec = self.decisions(split)
+        end = default_end_row(dec, self.book.n)
+        if training:
+            lo = np.flatnonzero(dec + self.horizon <= end)
+            lo = lo if len(lo) else np.array([0])
+            s = dec[lo]
+            t = np.minimum(s + self.horizon, end)
+        else:
+            eps = episode_bounds(int(dec[0]), end, _get(self.market, "episode_length", None))
+            s, t = eps[:, 0], eps[:, 1]
+            lo = np.searchsorted(dec, s)
+        hi = np.searchsorted(dec, t)
+        ok = hi > lo
+        return np.stack([s[ok], lo[ok], hi[ok], t[ok]], 1).astype(np.int64)
+
+    def signals(self, actions) -> np.ndarray:
+        """Actions [n, 2] → quoting-rule signals [n, 4] = (o, 2δ/c, base_size, η)."""
+        a = np.asarray(actions).reshape(-1, 2)
+        if self.rl.action == "discrete":
+            off, hs = self.offsets[a[:, 0].astype(np.int64)], self.half_spreads[a[:, 1].astype(np.int64)]
+        else:
+            u = np.clip(a.astype(np.float64), -1.0, 1.0)
+            o0, o1 = self.offsets.min(), self.offsets.max()
+            h0, h1 = self.half_spreads.min(), self.half_spreads.max()
+            off = o0 + 0.5 * (u[:, 0] + 1.0) * (o1 - o0)
+            hs = h0 + 0.5 * (u[:, 1] + 1.0) * (h1 - h0)
+        sig = np.empty((len(a), 4))
+        sig[:, 0], sig[:, 1], sig[:, 2], sig[:, 3] = off, 2.0 * hs / self.c, self.base, self.eta
+        return sig
+
+    def observe(self, split_idx: np.ndarray, j, inv, time_left) -> np.ndarray:
+        """[n, K+2] float32 observations for decisions ``j`` of a split (window ids ``split_idx``)."""
+        j = np.atleast_1d(j)
+        obs = np.empty((len(j), self.table.shape[1] + 2), np.float32)
+        obs[:, :-2] = self.table[split_idx[j]]
+        obs[:, -2] = np.asarray(inv) / self.limit
+        obs[:, -1] = time_left
+        return obs
+
+    def reward(self, pnl_ticks, inv) -> np.ndarray:
+        """r = ΔE/(b·tick) − φ·(q/b)², ΔE in ticks×shares (engine units)."""
+        return np.asarray(pnl_ticks) / self.base - float(self.rl.inventory_penalty) * (np.asarray(inv) / self.base) ** 2
+
+    def fingerprint(self, name: str, seed: int) -> str:
+        """Hash of data + windows, observation spec, CMM predictions, market + RL config, seed."""
+        from omegaconf import OmegaConf
+        import stable_baselines3
+
+        conf = lambda c: OmegaConf.to_container(c, resolve=True) if OmegaConf.is_config(c) else vars(c)
+        rl = {k: v for k, v in conf(self.rl).items() if k != "enabled"}
+        h = hashlib.sha256()
+        h.update(json.dumps([name, OBS_VERSION, self.windows.fingerprint(), conf(self.market), rl, int(seed),
+                             stable_baselines3.__version__], sort_keys=True, default=str).encode())
+        if self.preds is not None:
+            h.update(np.ascontiguousarray(self.preds).tobytes())
+        return h.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ doors
+    def env(self, split: str = "train", training: bool = False, log_fills: bool = False) -> "MarketMakingEnv":
+        return MarketMakingEnv(self, split, training, log_fills)
+
+    def vec_env(self, split: str = "train", n_envs: int | None = None, training: bool = False
+                ) -> "MarketMakingVecEnv":
+        return MarketMakingVecEnv(self, split, n_envs, training)
+
+
+# --------------------------------------------------------------------------- kernels
+@njit(cache=True, inline="always")
+def _start(bk, prm, fs, is_, pi, pf, dec, eps, ep, log_i, log_f, no_eq):
+    """Episode ``ep`` from flat at its start row, advanced through its first decision row
+    (as ``run_engine``; the fills log keeps counting). Returns (first decision j, logs)."""
+    nlog = is_[I_NLOG]
+    reset(fs, is_, eps[ep, 0])
+    is_[I_NLOG] = nlog
+    j = eps[ep, 1]
+    log_i, log_f = advance(bk, prm, fs, is_, pi, pf, dec[j] + 1, log_i, log_f, no_eq, no_eq, 0)
+    return j, log_i, log_f
+
+
+@njit(cache=True)
+def _reset_envs(bk, prm, FS, IS, PI, PF, dec, eps, env_ep, env_j, eq, log_i, log_f):
+    no_eq = np.zeros(0)
+    for e in range(FS.shape[0]):
+        env_j[e], log_i, log_f = _start(bk, prm, FS[e], IS[e], PI[e], PF[e], dec, eps, env_ep[e], log_i, log_f,
+                                        no_eq)
+        d = dec[env_j[e]]
+        eq[e] = FS[e, F_CASH] + FS[e, F_INV] * 0.5 * (bk[1][d, 0] + bk[3][d, 0])
+    return log_i, log_f
+
+
+@njit(cache=True)
+def _step_envs(bk, prm, FS, IS, PI, PF, dec, dec_ts, eps, env_ep, env_j, eq, sig, next_ep, pnl, inv, mark, done,
+               log_i, log_f):
+    """One decision step of every env, exactly ``run_engine``'s: ``decide`` (quoting rule +
+    inventory rule) → ``submit`` → ``advance`` to the next decision row (or the episode's end),
+    mark to mid. Finished envs restart on ``next_ep``. Engine units (ticks, ticks x shares)."""
+    bpx, apx = bk[1], bk[3]
+    no_eq = np.zeros(0)
+    for e in range(FS.shape[0]):
+        ep, j = env_ep[e], env_j[e]
+        d, t = dec[j], dec_ts[j]
+        bp, bs, ap, as_, log_i, log_f = decide(bk, prm, FS[e], IS[e], PI[e], PF[e], d, t, sig[e, 0], sig[e, 1],
+                                               sig[e, 2], sig[e, 3], False, log_i, log_f)
+        submit(bk, prm, FS[e], IS[e], PI[e], PF[e], d, bp, bs, ap, as_, t)
+        fin = j + 1 >= eps[ep, 2]
+        r1 = eps[ep, 3] if fin else dec[j + 1] + 1
+        log_i, log_f = advance(bk, prm, FS[e], IS[e], PI[e], PF[e], r1, log_i, log_f, no_eq, no_eq, 0)
+        now = FS[e, F_CASH] + FS[e, F_INV] * 0.5 * (bpx[r1 - 1, 0] + apx[r1 - 1, 0])
+        pnl[e], inv[e], mark[e], done[e] = now - eq[e], FS[e, F_INV], now, fin
+        eq[e] = now
+        if fin:
+            env_ep[e] = next_ep[e]
+            env_j[e], log_i, log_f = _start(bk, prm, FS[e], IS[e], PI[e], PF[e], dec, eps, next_ep[e], log_i,
+                                            log_f, no_eq)
+            eq[e] = 0.0  # flat: no order is live before the first decision acts
+        else:
+            env_j[e] = j + 1
+    return log_i, log_f
+
+
+# --------------------------------------------------------------------------- vectorised
+class MarketMakingVecEnv(VecEnv):
+    """``n_envs`` episodes of one split stepped together in one numba call (SB3 ``VecEnv``).
+
+    ``training``: episodes are random H-row segments, each finished env restarts on a random one.
+    Otherwise (scoring) the backtest's episodes in a cycle: env i plays episode i, i + n, ...;
+    with ``n_envs`` = number of episodes (the default) one ``reset`` + one pass plays each once.
+    Finished envs auto-reset; ``infos[i]`` then holds ``terminal_observation`` and ``epnl``.
+    ``log_fills`` (one env only) keeps the engine's fills log (:meth:`fills`).
+    """
+
+    render_mode = None
+
+    def __init__(self, task: RLTask, split: str = "train", n_envs: int | None = None, training: bool = False,
+                 log_fills: bool = False):
+        self.task, self.split, self.training = task, split, training
+        self.idx, self.dec = task.decisions(split)
+        self.dec_ts = np.ascontiguousarray(task.book.ts[self.dec], np.int64)
+        self.eps = task.episodes(split, training)
+        n = int(n_envs or (task.rl.n_envs if training else len(self.eps)))
+        if log_fills and n != 1:
+            raise ValueError("log_fills needs n_envs == 1")
+        self.engine = Engine(task.book, task.market, n_envs=n)
+        self._log = (np.zeros((256 if log_fills else 0, 4), np.int64), np.zeros((256 if log_fills else 0, 3)))
+        self.env_ep = np.zeros(n, np.int64)
+        self.env_j = np.zeros(n, np.int64)
+        self._eq = np.zeros(n)
+        self._pnl, self._inv, self._mark, self._done = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, np.bool_)
+        self._epnl = np.zeros(n)
+        self._rng = np.random.default_rng()
+        self._actions = None
+        super().__init__(n, task.observation_space, task.action_space)
+
+    # ------------------------------------------------------------------ core
+    def _next_episodes(self) -> np.ndarray:
+        if self.training:
+            return self._rng.integers(len(self.eps), size=self.num_envs)
+        return (self.env_ep + self.num_envs) % len(self.eps)
+
+    def time_left(self) -> np.ndarray:
+        return np.minimum(1.0, (self.eps[self.env_ep, 3] - self.dec[self.env_j]) / self.task.horizon)
+
+    def _obs(self) -> np.ndarray:
+        return self.task.observe(self.idx, self.env_j, self.engine.FS[:, F_INV], self.time_left())
+
+    def reset_to(self, episodes) -> np.ndarray:
+        """Start env i on episode ``episodes[i]``; returns the observations."""
+        self.env_ep[:] = episodes
+        e = self.engine
+        self._log = _reset_envs(e.bk, e.prm, e.FS, e.IS, e.PI, e.PF, self.dec, self.eps, self.env_ep, self.env_j,
+                                self._eq, *self._log)
+        self._epnl[:] = 0.0
+        return self._obs()
+
+    def reset(self):
+        if self.training:
+            return self.reset_to(self._rng.integers(len(self.eps), size=self.num_envs))
+        return self.reset_to(np.arange(self.num_envs) % len(self.eps))
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_signals(self, signals: np.ndarray):
+        """Step with quoting-rule signals [n, 4]; returns (pnl currency, inventory, done).
+        ``self._mark`` holds each env's equity (ticks x shares) at the end of the step."""
+        e = self.engine
+        self._j_prev, self._ep_prev = self.env_j.copy(), self.env_ep.copy()
+        self._log = _step_envs(e.bk, e.prm, e.FS, e.IS, e.PI, e.PF, self.dec, self.dec_ts, self.eps, self.env_ep,
+                               self.env_j, self._eq, np.ascontiguousarray(signals, np.float64),
+                               self._next_episodes(), self._pnl, self._inv, self._mark, self._done, *self._log)
+        return self._pnl * self.task.tick, self._inv, self._done
+
+    def step_wait(self):
+        self.last_signals = self.task.signals(self._actions)
+        pnl, inv, done = self.step_signals(self.last_signals)
+        rewards = self.task.reward(self._pnl, inv).astype(np.float32)
+        self._epnl += pnl
+        obs = self._obs()
+        infos = [{} for _ in range(self.num_envs)]
+        for i in np.flatnonzero(done):
+            term = self.task.observe(self.idx, self._j_prev[i], inv[i], 0.0)[0]
+            infos[i] = {"terminal_observation": term, "TimeLimit.truncated": False, "epnl": float(self._epnl[i]),
+                        "episode_index": int(self._ep_prev[i])}
+            self._epnl[i] = 0.0
+        return obs, rewards, done.copy(), infos
+
+    def fills(self) -> np.ndarray:
+        """The fills log (``log_fills``), as :func:`run_backtest`'s ``fills`` table."""
+        return fills_table(*self._log, int(self.engine.IS[0, I_NLOG]), self.task.tick)
+
+    # ------------------------------------------------------------------ VecEnv plumbing
+    def seed(self, seed: int | None = None):
+        self._rng = np.random.default_rng(seed)
+        return [seed] * self.num_envs
+
+    def close(self) -> None:
+        pass
+
+    def get_attr(self, attr_name, indices=None):
+        return [getattr(self, attr_name)] * len(list(self._get_indices(indices)))
+
+    def set_attr(self, attr_name, value, indices=None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
+        return [getattr(self, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None):
+        return [False] * len(list(self._get_indices(indices)))
+
+
+# --------------------------------------------------------------------------- single env
+class MarketMakingEnv(gym.Env):
+    """One episode at a time: a gymnasium face on a one-env :class:`MarketMakingVecEnv` (same
+    kernel). ``reset(options={'episode': e})`` picks an episode of the split, else a random one.
+    ``info``: ``pnl`` (currency, this step), ``equity`` (currency, marked to the mid of the step's
+    last row ``end_row``), ``inventory``, ``signal`` (the quoting-rule signals sent at ``row``)."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, task: RLTask, split: str = "train", training: bool = False, log_fills: bool = False):
+        self.task, self.split = task, split
+        self.vec = MarketMakingVecEnv(task, split, n_envs=1, training=training, log_fills=log_fills)
+        self.eps = self.vec.eps
+        self.observation_space, self.action_space = task.observation_space, task.action_space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        ep = int(options["episode"]) if options and "episode" in options else int(self.np_random.integers(len(self.eps)))
+        self.episode = ep
+        obs = self.vec.reset_to(np.array([ep]))
+        return obs[0], {"episode": ep, "row": int(self.vec.dec[self.vec.env_j[0]])}
+
+    def step(self, action):
+        v = self.vec
+        sig = self.task.signals(action)
+        j = int(v.env_j[0])
+        pnl, inv, done = v.step_signals(sig)
+        end = int(self.eps[self.episode, 3] - 1 if done[0] else v.dec[j + 1])  # last row of this step
+        info = {"pnl": float(pnl[0]), "equity": float(v._mark[0] * self.task.tick), "inventory": float(inv[0]),
+                "signal": sig[0], "row": int(v.dec[j]), "end_row": end}
+        obs = self.task.observe(v.idx, j, inv[0], 0.0)[0] if done[0] else v._obs()[0]
+        return obs, float(self.task.reward(v._pnl, inv)[0]), bool(done[0]), False, info
+
+    def fills(self) -> np.ndarray:
+        return self.vec.fills()
+
+
+# --------------------------------------------------------------------------- backtest door
+def rollout(policy, task: RLTask, split: str = "test") -> np.ndarray:
+    """Signals [D, 4] for the split's decisions: ``policy(obs [n, K]) -> actions`` played on every
+    backtest episode at once (one env per episode, each played once)."""
+    env = task.vec_env(split)
+    obs = env.reset()
+    sig = np.full((len(env.dec), 4), np.nan)
+    active = np.ones(env.num_envs, np.bool_)
+    while active.any():
+        j = env.env_j.copy()
+        env.step_async(policy(obs))
+        obs, _, done, _ = env.step_wait()
+        sig[j[active]] = env.last_signals[active]
+        active &= ~done
+    return sig
+
+
+def rl_signals(model, task: RLTask, split: str = "test") -> np.ndarray:
+    """Signals [D, 4] of a trained agent (deterministic actions) for ``run_backtest`` / ``run_policies``."""
+    return rollout(lambda o: model.predict(o, deterministic=True)[0], task, split)
+
+
+# --------------------------------------------------------------------------- training
+class _LightningWriter(KVWriter):
+    """SB3 ``KVWriter`` that forwards numeric scalars to a Lightning logger as ``rl/<name>/<key>``."""
+
+    def __init__(self, logger, name: str):
+        self.logger, self.name = logger, name
+
+    def write(self, key_values, key_excluded, step=0) -> None:
+        m = {f"rl/{self.name}/{k}": float(v) for k, v in key_values.items()
+             if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+        if m:
+            self.logger.log_metrics(m, step=int(step))
+
+    def close(self) -> None:
+        pass
+
+
+def _ppo_kwargs(cfg, n_envs: int) -> dict:
+    rl = cfg.rl
+    n_steps = int(rl.n_steps)
+    return dict(n_steps=n_steps, batch_size=int(min(rl.batch_size, n_steps * n_envs)), n_epochs=int(rl.n_epochs),
+                learning_rate=float(rl.learning_rate), gamma=float(rl.gamma), ent_coef=float(rl.ent_coef),
+                policy_kwargs=dict(net_arch=[int(h) for h in rl.net_arch]))
+
+
+def load_agent(path):
+    from stable_baselines3 import PPO
+
+    return PPO.load(str(path), device="cpu")
+
+
+def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
+    """PPO agent ``name`` on ``task``'s train split, early-stopped on its val split.
+
+    Skipped (the checkpoint is loaded) when ``run_dir/rl/<name>.zip`` exists with the same
+    fingerprint in ``<name>.json``. Returns the SB3 ``PPO`` model (best validation checkpoint).
+    """
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnNoModelImprovement
+    from stable_baselines3.common.logger import Logger
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    seed = int(_get(getattr(cfg, "run", None), "seed", 0))
+    out = Path(run_dir) / "rl"
+    ckpt, meta_path = out / f"{name}.zip", out / f"{name}.json"
+    fp = task.fingerprint(name, seed)
+    if ckpt.is_file() and meta_path.is_file() and read_json(meta_path).get("fingerprint") == fp:
+        return load_agent(ckpt)
+
+    import torch
+
+    t0 = time.perf_counter()
+    train_env = VecMonitor(task.vec_env("train", training=True))
+    val_env = VecMonitor(task.vec_env("val"))
+    n_envs = train_env.num_envs
+    model = PPO("MlpPolicy", train_env, seed=seed, device="cpu", verbose=0, **_ppo_kwargs(cfg, n_envs))
+    if logger:
+        model.set_logger(Logger(folder=None, output_formats=[_LightningWriter(logger, name)]))
+    best_dir = out / f".{name}_best"
+    stop = StopTrainingOnNoModelImprovement(max_no_improvement_evals=int(cfg.rl.patience), min_evals=1)
+    evalcb = EvalCallback(val_env, n_eval_episodes=val_env.num_envs, eval_freq=max(1, int(cfg.rl.eval_freq) // n_envs),
+                          best_model_save_path=str(best_dir), deterministic=True, verbose=0,
+                          callback_after_eval=stop, warn=False)
+    progress = bool(_get(getattr(cfg, "trainer", None), "enable_progress_bar", True))
+    model.learn(total_timesteps=int(cfg.rl.timesteps), callback=evalcb, progress_bar=progress)
+    best = best_dir / "best_model.zip"
+    trained, n_evals, best_reward = int(model.num_timesteps), evalcb.n_calls // evalcb.eval_freq, evalcb.best_mean_reward
+    if best.is_file():  # early stopping keeps the best validation checkpoint
+        model = load_agent(best)
+        best.unlink()
+        best_dir.rmdir()
+    with atomic_path(ckpt) as tmp, open(tmp, "wb") as f:
+        model.save(f)
+    summary = {"fingerprint": fp, "name": name, "algo": "PPO (stable-baselines3)", "seed": seed,
+               "timesteps_trained": trained, "best_at_timesteps": int(model.num_timesteps), "n_evals": int(n_evals),
+               "best_val_reward": float(best_reward), "stopped_early": trained < int(cfg.rl.timesteps),
+               "obs_dim": int(task.observation_space.shape[0]), "action": str(cfg.rl.action),
+               "n_envs": int(n_envs), "train_s": round(time.perf_counter() - t0, 3),
+               "torch_threads": torch.get_num_threads()}
+    write_json(meta_path, summary)
+    if logger:
+        logger.log_metrics({f"rl/{name}/best_val_reward": summary["best_val_reward"],
+                            f"rl/{name}/train_s": summary["train_s"]}, step=trained)
+        if hasattr(logger, "save"):
+            logger.save()
+    return model
+
+
+def rl_policies(windows, cfg, run_dir, preds: np.ndarray | None = None, logger=None,
+                split: str = "test") -> dict[str, np.ndarray]:
+    """What the pipeline calls: train (or load) ``rl_ppo`` and, given CMM ``preds`` [W, 3],
+    ``cmm_rl``; returns their signals [D, 4] for ``split`` (``run_policies`` input)."""
+    out = {}
+    for name, p in (("rl_ppo", None), ("cmm_rl", preds)):
+        if name == "cmm_rl" and p is None:
+            continue
+        task = RLTask(windows, cfg, preds=p)
+        out[name] = rl_signals(train_agent(name, task, cfg, run_dir, logger), task, split)
+    return out

@@ -1,0 +1,118 @@
+"""StudentProbeCallback: the fluorescent probe run on the students while they train (DESIGN §4).
+
+Every validation epoch it collects each student's hidden features h on the val loader and
+fits the same closed-form ridge probe as the teacher's (``cmm_lightning.probe.ridge``) for the
+three tasks, on the val windows in time order: fit on the first half, λ on the third quarter,
+R² on the last quarter. With the teacher slice each student regresses, it also reports the
+linear CKA between h and that slice. Logged: ``probe/<student>/<task>_r2``,
+``probe/<student>/<task>_F`` (F across students: max(0, R²) / best student's R² for that
+task), ``probe/<student>/cka``, and a bar chart to loggers that take images.
+
+Contract with the student LightningModules:
+    pl_module.student_names: list[str]                          S names
+    pl_module.hidden_and_slices(batch) -> (h [S, B, d], slices [S, B, D] | None)
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+
+from cmm_lightning.data.windows import TASKS
+from cmm_lightning.probe.fluorescence import DEFAULT_LAMBDAS, fluorescence
+from cmm_lightning.probe.plots import log_figure, student_bars
+from cmm_lightning.probe.ridge import fit_ridge, linear_cka, r2_score
+
+__all__ = ["StudentProbeCallback", "linear_cka", "probe_students"]
+
+
+def probe_students(h: torch.Tensor, y: torch.Tensor, slices: Optional[torch.Tensor] = None,
+                   lambdas: Sequence[float] = DEFAULT_LAMBDAS) -> dict:
+    """Probe S students at once. h [S, n, d], y [n, k], slices [S, n, D] | None, rows in time
+    order. Returns {"r2": [S, k], "F": [S, k], "cka": [S] (NaN without slices)} as numpy."""
+    n = len(y)
+    a, b = n // 2, (3 * n) // 4
+    fit = fit_ridge(h[:, :a], y[:a], h[:, a:b], y[a:b], lambdas)
+    r2 = r2_score(y[b:], fit.predict(h[:, b:])).numpy()
+    cka = np.full(len(h), np.nan)
+    if slices is not None:
+        cka = np.array([linear_cka(h[s], slices[s]) for s in range(len(h))])
+    return {"r2": r2, "F": fluorescence(r2), "cka": cka}
+
+
+class StudentProbeCallback(L.Callback):
+    """Probe the students' hidden features every ``every_n_epochs`` validation epochs."""
+
+    def __init__(self, lambdas: Sequence[float] = DEFAULT_LAMBDAS, max_windows: int = 20_000,
+                 every_n_epochs: int = 1, figure: bool = True, min_windows: int = 16):
+        self.lambdas = [float(x) for x in lambdas]
+        self.max_windows, self.every_n_epochs = max_windows, max(1, every_n_epochs)
+        self.figure, self.min_windows = figure, min_windows
+        self.last: Optional[dict] = None  # the latest results, for inspection
+        self._reset()
+
+    def _reset(self) -> None:
+        self._h, self._s, self._y, self._i, self._n = [], [], [], [], 0
+
+    def _active(self, trainer) -> bool:
+        return not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._reset()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self._active(trainer) or dataloader_idx != 0 or self._n >= self.max_windows:
+            return
+        with torch.no_grad():
+            h, slices = pl_module.hidden_and_slices(batch)
+        self._h.append(h.detach().float().cpu())
+        self._s.append(None if slices is None else slices.detach().float().cpu())
+        y = batch["y"]
+        self._y.append(y.detach().float().cpu())
+        idx = batch.get("index") if isinstance(batch, dict) else None
+        self._i.append(torch.arange(self._n, self._n + len(y)) if idx is None else idx.detach().cpu().long())
+        self._n += len(y)
+
+    @staticmethod
+    def _gather(pl_module, h, slices, y, idx):
+        """all_gather under DDP (ranks trimmed to the same length); rows concatenated by rank."""
+        n_min = int(pl_module.all_gather(torch.tensor([len(y)], device=pl_module.device)).min())
+
+        def g(t, dim):
+            if t is None:
+                return None
+            out = pl_module.all_gather(t.narrow(dim, 0, n_min).to(pl_module.device)).cpu()  # [W, ...]
+            return torch.cat(list(out.unbind(0)), dim=dim)
+
+        return g(h, 1), g(slices, 1), g(y, 0), g(idx, 0)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not self._active(trainer) or not self._h:
+            return
+        h, y, idx = torch.cat(self._h, 1), torch.cat(self._y, 0), torch.cat(self._i, 0)
+        slices = None if any(s is None for s in self._s) else torch.cat(self._s, 1)
+        self._reset()
+        if trainer.world_size > 1:
+            h, slices, y, idx = self._gather(pl_module, h, slices, y, idx)
+        order = torch.argsort(idx)  # time order: fit on the earlier windows, score on the later
+        h, y = h[:, order], y[order]
+        slices = None if slices is None else slices[:, order]
+        if len(y) < self.min_windows:
+            return
+        res = probe_students(h, y, slices, self.lambdas)
+        names = list(pl_module.student_names)
+        sync = trainer.world_size > 1
+        for s, name in enumerate(names):
+            for k, task in enumerate(TASKS[: y.shape[1]]):
+                pl_module.log(f"probe/{name}/{task}_r2", float(res["r2"][s, k]), sync_dist=sync)
+                pl_module.log(f"probe/{name}/{task}_F", float(np.nan_to_num(res["F"][s, k])), sync_dist=sync)
+            if slices is not None:
+                pl_module.log(f"probe/{name}/cka", float(res["cka"][s]), sync_dist=sync)
+        self.last = {"names": names, **res}
+        if self.figure and trainer.is_global_zero and trainer.loggers:
+            fig = student_bars(res["r2"], res["cka"], names, TASKS[: y.shape[1]],
+                               title=f"student probes, epoch {trainer.current_epoch}")
+            log_figure(list(trainer.loggers), "probe/students", fig, step=trainer.global_step)

@@ -1,0 +1,315 @@
+"""The trained CMM as one plain ``torch.nn.Module`` (no Lightning, no transformers to run it).
+
+``export_cmm(module)`` takes a ``HajekMoE`` (or one students module: their uniform average) and
+folds everything that is constant at inference into the weights:
+
+* input normaliser   x̃ = (x − μ_x)/σ_x         → into every student's first layer (exact, per feature)
+* target normaliser  y = ỹ σ_y + μ_y           → into the task heads
+* kernel width       e' = e / (σ√2)            → into Q_i, so K_ij = exp(−‖e'_i − e'_j‖²)
+* Hájek logits       κc/τ ≡ a·r_i, a = κ/(τ(N−1)), r_i = Σ_j K_ij   (softmax is shift-invariant)
+* gate               g(x)/τ with its window summary [x̃_T, mean_t x̃_t] composed into one matrix on vec(x)
+
+so that ``forward(x [B, T, F]) -> [B, 3]`` (mid, spread, volume in target units) is: the stacked
+encoder, one fused head d → 3 + m, the kernel row sums, the gate and a softmax.
+
+``decide(x)`` is the batch-1 decision path: for the default ``tcn`` encoder one fused
+(numba-compiled, single-threaded) kernel over the same weights, no per-op dispatch at all;
+other encoders fall back to ``forward``. ``save_cmm`` / ``load_cmm`` round-trip through
+``torch.load(weights_only=True)``: a state dict plus a plain dict of hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .io import atomic_path
+from .students.encoders import fold_input_affine
+from .students.stacked import N_TASKS, StackedStudents
+
+FORMAT = "cmm_decision/1"
+
+
+class CMMDecision(nn.Module):
+    """Raw windows x [B, T, F] → predictions [B, 3]; every student + the Hájek-MoE in one module."""
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        self.spec = dict(spec)
+        st = spec["students"]
+        S, F, T = st["n_students"], st["n_features"], st["window"]
+        self.mode, self.names = spec["mode"], list(spec["names"])
+        self.uses_hajek, self.uses_gate = "hajek" in self.mode, "gate" in self.mode
+        self.students = StackedStudents.from_spec(st)  # proj slot = the scaled embedding e' (m dims)
+        G = int(spec.get("gate_hidden", 1))
+        self.register_buffer("gate_w1", torch.zeros(T * F, G))
+        self.register_buffer("gate_b1", torch.zeros(G))
+        self.register_buffer("gate_w2", torch.zeros(G, S))
+        self.register_buffer("gate_b2", torch.zeros(S))
+        self.register_buffer("hajek_a", torch.zeros(()))
+        self._fused = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _, e = self.students(x)  # [S, B, 3], _, [S, B, m]
+        if not (self.uses_gate or self.uses_hajek):
+            return y.mean(0)
+        logits = torch.zeros(x.shape[0], y.shape[0], dtype=y.dtype, device=y.device)
+        if self.uses_gate:
+            u = torch.addmm(self.gate_b1, x.reshape(x.shape[0], -1), self.gate_w1).relu_()
+            logits = logits + torch.addmm(self.gate_b2, u, self.gate_w2)
+        if self.uses_hajek:
+            e = e.transpose(0, 1)
+            diff = e.unsqueeze(2) - e.unsqueeze(1)
+            logits = logits + self.hajek_a * torch.exp(-(diff * diff).sum(-1)).sum(-1)
+        return torch.einsum("bs,sbk->bk", torch.softmax(logits, -1), y)
+
+    @torch.no_grad()
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S] mixture weights (uniform mode: 1/S)."""
+        y, _, e = self.students(x)
+        S, B = y.shape[:2]
+        logits = x.new_zeros(B, S)
+        if self.uses_gate:
+            logits += torch.addmm(self.gate_b2, torch.addmm(self.gate_b1, x.reshape(B, -1), self.gate_w1).relu(),
+                                  self.gate_w2)
+        if self.uses_hajek:
+            e = e.transpose(0, 1)
+            logits += self.hajek_a * torch.exp(-torch.cdist(e, e) ** 2).sum(-1)
+        return torch.softmax(logits, -1)
+
+    predict_windows = forward
+
+    # -- the batch-1 fused path -----------------------------------------------------------------
+    def load_state_dict(self, *args, **kwargs):
+        self._fused = None
+        return super().load_state_dict(*args, **kwargs)
+
+    def prepare_fast(self) -> None:
+        """Lay the weights out for the fused kernel (call again after changing weights)."""
+        enc = self.students.encoder
+        if enc.kind != "tcn":
+            self._fused = False
+            return
+        f = lambda t: np.ascontiguousarray(t.detach().cpu().float().numpy())
+        S, C = enc.n_students, enc.channels
+        w1 = enc.first.weight.detach()  # [S, kF, C] → [kF, S·C]
+        self._fused = (
+            f(w1.permute(1, 0, 2).reshape(w1.shape[1], S * C)), f(enc.first.bias.reshape(S * C)),
+            f(enc.second.weight), f(enc.second.bias.reshape(S, -1)),
+            f(self.students.head.weight), f(self.students.head.bias.reshape(S, -1)),
+            f(self.gate_w1), f(self.gate_b1), f(self.gate_w2), f(self.gate_b2),
+            np.float32(self.hajek_a), int(enc.patch), int(enc.n_patches),
+            (2 if self.uses_hajek else 0) + (1 if self.uses_gate else 0),
+        )
+        _fused_decision()  # compile (or load the cached machine code) now, not on the first decision
+
+    def decide(self, x, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """One decision: x [T, F] (or [1, T, F]) raw window → float32 [3] (mid, spread, volume)."""
+        if self._fused is None:
+            self.prepare_fast()
+        if self._fused is False:
+            st = self.spec["students"]
+            xt = torch.as_tensor(x, dtype=torch.float32).reshape(1, st["window"], st["n_features"])
+            with torch.no_grad():
+                return self(xt)[0].numpy()
+        xn = x.numpy() if isinstance(x, torch.Tensor) else x
+        if xn.dtype != np.float32 or not xn.flags.c_contiguous:
+            xn = np.ascontiguousarray(xn, dtype=np.float32)
+        if out is None:
+            out = np.empty(N_TASKS, np.float32)
+        _fused_decision()(xn.reshape(-1), *self._fused, out)
+        return out
+
+
+_KERNEL = None
+
+
+def _fused_decision():
+    """numba kernel: the whole CMM decision (tcn students + MoE) at batch 1, single-threaded."""
+    global _KERNEL
+    if _KERNEL is not None:
+        return _KERNEL
+    import numba
+
+    @numba.njit(fastmath=True, cache=True, nogil=True)
+    def kernel(x, w1, b1, w2, b2, wh, bh, gw1, gb1, gw2, gb2, a, k, P, flags, out):  # pragma: no cover - jit
+        kF, SC = w1.shape
+        S, PC, d = w2.shape
+        C = SC // S
+        no = wh.shape[2]
+        off = x.shape[0] - P * kF  # the most recent P·k snapshots
+        z = np.empty((P, SC), np.float32)
+        for p in range(P):  # conv1 (kernel k, stride k) + ReLU, all students at once
+            for c in range(SC):
+                z[p, c] = b1[c]
+            for j in range(kF):
+                v = x[off + p * kF + j]
+                for c in range(SC):
+                    z[p, c] += v * w1[j, c]
+            for c in range(SC):
+                z[p, c] = max(z[p, c], 0.0)
+        o = np.empty((S, no), np.float32)
+        h = np.empty(d, np.float32)
+        for s in range(S):  # conv2 over the P patches + ReLU, then the fused head
+            for q in range(d):
+                h[q] = b2[s, q]
+            for p in range(P):
+                for c in range(C):
+                    v = z[p, s * C + c]
+                    for q in range(d):
+                        h[q] += v * w2[s, p * C + c, q]
+            for q in range(no):
+                o[s, q] = bh[s, q]
+            for q in range(d):
+                v = max(h[q], 0.0)
+                for r in range(no):
+                    o[s, r] += v * wh[s, q, r]
+        logit = np.zeros(S, np.float32)
+        if flags & 1:  # gate
+            G = gw1.shape[1]
+            u = gb1.copy()
+            for i in range(x.shape[0]):
+                v = x[i]
+                for g in range(G):
+                    u[g] += v * gw1[i, g]
+            for s in range(S):
+                logit[s] = gb2[s]
+            for g in range(G):
+                v = max(u[g], 0.0)
+                for s in range(S):
+                    logit[s] += v * gw2[g, s]
+        if flags & 2:  # Hájek: a · Σ_j exp(−‖e'_i − e'_j‖²)
+            for i in range(S):
+                r = 0.0
+                for j in range(S):
+                    dd = 0.0
+                    for q in range(3, no):
+                        t = o[i, q] - o[j, q]
+                        dd += t * t
+                    r += np.exp(-dd)
+                logit[i] += a * r
+        mx = logit.max()
+        tot = 0.0
+        for s in range(S):
+            logit[s] = np.exp(logit[s] - mx)
+            tot += logit[s]
+        for q in range(3):
+            out[q] = 0.0
+        for s in range(S):
+            w = logit[s] / tot
+            for q in range(3):
+                out[q] += w * o[s, q]
+
+    _KERNEL = kernel
+    return kernel
+
+
+@torch.no_grad()
+def export_cmm(module) -> CMMDecision:
+    """HajekMoE (or a students module: uniform average of its students) → ``CMMDecision`` (eval, CPU)."""
+    is_moe = hasattr(module, "embed") and hasattr(module, "mode")
+    src = module.students
+    spec_st = src.spec()
+    S, F, T = spec_st["n_students"], spec_st["n_features"], spec_st["window"]
+    mode = module.mode if is_moe else "uniform"
+    m = module.embed.weight.shape[-1] if is_moe and "hajek" in mode else 0
+    G = module.gate[0].out_features if is_moe else 1
+    names = list(module.student_names)
+    spec = {"format": FORMAT, "mode": mode, "names": names, "gate_hidden": int(G),
+            "dimensions": list(module.hparams["spec"]["dimensions"]) if is_moe else [module.dimension] * S,
+            "students": {**spec_st, "proj_dim": int(m)}}
+    out = CMMDecision(spec)
+    cpu = lambda t: t.detach().float().cpu()
+    x_mean, x_std, y_mean, y_std = (cpu(getattr(module, k)) for k in ("x_mean", "x_std", "y_mean", "y_std"))
+    st = out.students
+    st.encoder.load_state_dict({k: cpu(v) for k, v in src.encoder.state_dict().items()})
+    fold_input_affine(st.encoder.first, 1.0 / x_std, -x_mean / x_std, st.encoder.patch)
+    hw, hb = cpu(src.head.weight)[..., :N_TASKS], cpu(src.head.bias)[..., :N_TASKS]
+    weight, bias = [hw * y_std], [hb * y_std + y_mean]
+    if m:
+        s2 = torch.exp(2 * cpu(module.log_sigma)) if module.cfg["sigma"] == "learned" else cpu(module.sigma2)
+        if s2 <= 0:
+            raise ValueError("export_cmm: the MoE's kernel width is not calibrated (train or calibrate it first)")
+        scale = 1.0 / torch.sqrt(2 * s2)
+        weight.append(cpu(module.embed.weight) * scale)
+        bias.append(cpu(module.embed.bias) * scale)
+        tau = float(module.tau)
+        out.hajek_a.fill_(float(module.kappa) / (tau * (S - 1)) if S > 1 else 0.0)
+    st.head.weight.copy_(torch.cat(weight, -1)); st.head.bias.copy_(torch.cat(bias, -1))
+    if is_moe and "gate" in mode:
+        tau = float(module.tau)
+        W1, b1 = cpu(module.gate[0].weight).T, cpu(module.gate[0].bias)  # [2F, G]
+        # summary s = [x̃_T, mean_t x̃_t], x̃ = (x − μ)/σ: s = vec(x) A + a0
+        A = torch.zeros(T * F, 2 * F)
+        A[(T - 1) * F:, :F] = torch.diag(1.0 / x_std)
+        A[:, F:] = torch.diag(1.0 / (T * x_std)).repeat(T, 1)
+        a0 = torch.cat([-x_mean / x_std, -x_mean / x_std])
+        out.gate_w1.copy_(A @ W1); out.gate_b1.copy_(a0 @ W1 + b1)
+        out.gate_w2.copy_(cpu(module.gate[2].weight).T / tau); out.gate_b2.copy_(cpu(module.gate[2].bias) / tau)
+    return out.eval().requires_grad_(False)
+
+
+def save_cmm(model: CMMDecision, path) -> Path:
+    """Atomic ``torch.save`` of {format, spec (plain dict), state_dict}; loads with weights_only=True."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "spec": model.spec, "state_dict": model.state_dict()}, tmp)
+    return path
+
+
+def load_cmm(path) -> CMMDecision:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a CMM export (format {blob.get('format')!r}, expected {FORMAT})")
+    model = CMMDecision(blob["spec"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval().requires_grad_(False)
+
+
+def random_cmm(n_students: int = 9, window: int = 32, n_features: int = 23, hidden: int = 48, channels: int = 24,
+               kernel: int = 8, embed_dim: int = 16, gate_hidden: int = 16, mode: str = "hajek_gate",
+               seed: int = 0) -> CMMDecision:
+    """A CMM of the default shape with random weights (latency does not depend on the values)."""
+    g = torch.Generator().manual_seed(seed)
+    m = embed_dim if "hajek" in mode else 0
+    spec = {"format": FORMAT, "mode": mode, "names": [f"s{i}" for i in range(n_students)],
+            "gate_hidden": gate_hidden, "dimensions": ["random"] * n_students,
+            "students": dict(n_students=n_students, window=window, n_features=n_features, encoder="tcn",
+                             hidden=hidden, channels=channels, kernel=kernel, proj_dim=m)}
+    model = CMMDecision(spec)
+    with torch.no_grad():
+        for t in model.buffers():
+            t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+        model.hajek_a.fill_(0.5)
+    return model.eval().requires_grad_(False)
+
+
+def decision_latency_us(model: CMMDecision, x, calls: int = 5000, warmup: int = 500) -> tuple[float, float]:
+    """(median, 10th percentile) µs per ``model.decide(x)`` at batch 1 on one CPU thread.
+
+    ``x`` is one raw window [T, F]. Machine-load noise only ever adds time, so p10 is the cleaner figure.
+    """
+    import time
+
+    xn = np.ascontiguousarray(x.numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    out = np.empty(N_TASKS, np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model.decide(xn, out)
+            pc, ts = time.perf_counter_ns, np.empty(calls)
+            for i in range(calls):
+                t = pc()
+                model.decide(xn, out)
+                ts[i] = pc() - t
+    finally:
+        torch.set_num_threads(threads)
+    ts /= 1e3
+    return float(np.median(ts)), float(np.percentile(ts, 10))

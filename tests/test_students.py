@@ -1,0 +1,250 @@
+"""OFDD students: stacked == separate students, losses by hand, set-up from data, masks, training plumbing."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_students_fixtures import HIDDEN, N_LAYERS1, PLAN, make_data, small_cfg  # noqa: E402
+
+from cmm_lightning.config import StudentsConfig  # noqa: E402
+from cmm_lightning.students.encoders import StackedLinear, fold_input_affine  # noqa: E402
+from cmm_lightning.students.losses import feat_loss, ofdd_loss, weighted_mse  # noqa: E402
+from cmm_lightning.students.modules import (DataStudents, LayerStudents, TaskStudents, evaluate,  # noqa: E402
+                                            train_students)
+from cmm_lightning.students.stacked import StackedStudents  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dm():
+    return make_data(n=1600)
+
+
+def _cfg_dict(**kw):
+    d = {"hidden": 16, "channels": 8, "kernel": 4, "pca_dim": 8, "kd_lambdas": [1.0, 100.0]}
+    d.update(kw)
+    return d
+
+
+@pytest.mark.parametrize("enc", ["tcn", "gru", "mixer"])
+def test_stacked_equals_loop_over_separate_students(enc):
+    torch.manual_seed(0)
+    m = StackedStudents(4, 20, 11, encoder=enc, hidden=12, channels=6, kernel=4, proj_dim=5)  # T % k == 0
+    m2 = StackedStudents(3, 22, 11, encoder=enc, hidden=12, channels=6, kernel=4, proj_dim=5)  # T % k != 0
+    for mod, T in ((m, 20), (m2, 22)):
+        x = torch.randn(7, T, 11)
+        y, h, p = mod(x)
+        for i in range(mod.n_students):
+            yi, hi, pi = mod.select([i])(x)
+            torch.testing.assert_close(yi[0], y[i], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(hi[0], h[i], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(pi[0], p[i], rtol=1e-5, atol=1e-5)
+    both = StackedStudents.concat([m.select([0, 2]), m.select([1])])
+    torch.testing.assert_close(both(torch.ones(2, 20, 11))[0], m(torch.ones(2, 20, 11))[0][[0, 2, 1]])
+
+
+def test_tcn_student_is_two_plain_conv1d():
+    """Student i of the stacked tcn == Conv1d(F→C, k, stride k) → ReLU → Conv1d(C→d, T//k) → ReLU."""
+    torch.manual_seed(1)
+    S, T, F, C, d, k = 3, 24, 7, 5, 6, 4
+    m = StackedStudents(S, T, F, "tcn", hidden=d, channels=C, kernel=k)
+    x = torch.randn(4, T, F)
+    _, h, _ = m(x)
+    enc = m.encoder
+    for i in range(S):
+        c1, c2 = nn.Conv1d(F, C, k, stride=k), nn.Conv1d(C, d, T // k)
+        with torch.no_grad():
+            c1.weight.copy_(enc.first.weight[i].reshape(k, F, C).permute(2, 1, 0))
+            c1.bias.copy_(enc.first.bias[i, 0])
+            c2.weight.copy_(enc.second.weight[i].reshape(T // k, C, d).permute(2, 1, 0))
+            c2.bias.copy_(enc.second.bias[i, 0])
+        ref = torch.relu(c2(torch.relu(c1(x.transpose(1, 2))))).squeeze(-1)
+        torch.testing.assert_close(h[i], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gru_student_is_torch_gru():
+    torch.manual_seed(2)
+    S, T, F, d = 2, 9, 5, 6
+    m = StackedStudents(S, T, F, "gru", hidden=d)
+    x = torch.randn(3, T, F)
+    _, h, _ = m(x)
+    enc = m.encoder
+    for i in range(S):
+        g = nn.GRU(F, d, batch_first=True)
+        with torch.no_grad():
+            g.weight_ih_l0.copy_(enc.first.weight[i].T); g.bias_ih_l0.copy_(enc.first.bias[i, 0])
+            g.weight_hh_l0.copy_(enc.recurrent.weight[i].T); g.bias_hh_l0.copy_(enc.recurrent.bias[i, 0])
+        torch.testing.assert_close(h[i], g(x)[1][0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("enc", ["tcn", "gru", "mixer"])
+def test_default_students_fit_the_parameter_budget(enc):
+    c = StudentsConfig()
+    m = StackedStudents(3, 32, 23, enc, c.hidden, c.channels, c.kernel, proj_dim=c.pca_dim)
+    assert 1_000 < m.params_per_student() <= 100_000
+
+
+def test_fold_input_affine_is_exact():
+    torch.manual_seed(3)
+    lin = StackedLinear(2, 3 * 4, 5)  # patch of 3 snapshots, F = 4
+    x = torch.randn(6, 3 * 4)
+    scale, shift = torch.rand(4) + 0.5, torch.randn(4)
+    want = lin((x.view(6, 3, 4) * scale + shift).reshape(6, 12))
+    fold_input_affine(lin, scale, shift, patch=3)
+    torch.testing.assert_close(lin(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_losses_by_hand():
+    proj = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # S=1, B=2, D=2
+    target = torch.tensor([[[1.0, 1.0], [0.0, 1.0]]])
+    mask = torch.ones(1, 2)
+    # nmse = (0 + 1 + 0 + 1) / (1 + 1 + 0 + 1) = 2/3
+    assert feat_loss(proj, target, mask, "nmse").item() == pytest.approx(2 / 3)
+    # cosine: 1 - 1/sqrt(2) and 1 - 1 → mean
+    assert feat_loss(proj, target, mask, "cosine").item() == pytest.approx((1 - 2 ** -0.5) / 2, rel=1e-6)
+    yhat = torch.tensor([[[1.0, 0.0, 0.0], [3.0, 0.0, 0.0]], [[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]])  # S=2, B=2
+    y = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # student 0 sees window 0 only
+    tw = torch.tensor([[1.0, 1.0, 1.0], [1.0, 3.0, 1.0]])
+    got = weighted_mse(yhat, y, mask, tw)
+    assert got[0].item() == pytest.approx((1.0 + 0 + 0) / 3)  # window 1 (error 9) is masked out
+    assert got[1].item() == pytest.approx((0 + 3 * (4.0 / 2) + 0) / 5)
+    parts = ofdd_loss(yhat, y, mask, tw, kd=torch.zeros(2, 3), alpha=1.0, beta=2.0, gamma=0.5)
+    torch.testing.assert_close(parts["total"], 2 * got + 0.5 * got)
+    assert parts["feat"].abs().sum() == 0
+
+
+def test_setup_from_data_normalisers_pca_and_planted_kd(dm):
+    m = TaskStudents(PLAN, _cfg_dict(), dm.windows.n_features, dm.windows.window, [N_LAYERS1, HIDDEN])
+    m.setup_from_data(dm)
+    ids = dm.split_ids("train")
+    x = dm.windows.inputs(ids).reshape(-1, dm.windows.n_features).astype(np.float64)
+    std = x.std(0)
+    np.testing.assert_allclose(m.x_mean.numpy(), x.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(m.x_std.numpy(), np.where(std > 1e-6, std, 1.0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(m.y_mean.numpy(), dm.windows.targets[ids].mean(0), rtol=1e-4, atol=1e-4)
+    # PCA axes orthonormal; slice targets centred with unit mean square per component on train
+    eye = torch.eye(m.pca.shape[-1])
+    for s in range(3):
+        torch.testing.assert_close(m.pca[s].T @ m.pca[s], eye, atol=1e-4, rtol=0)
+    t = torch.from_numpy(dm.teacher[ids].astype(np.float32))
+    sl = m.teacher_slices(t)
+    assert sl.mean(1).abs().max() < 1e-3
+    assert (sl ** 2).mean().item() == pytest.approx(1.0, rel=1e-2)
+    # the KD ridge recovers the planted relation (layer l_k reads task k) on the test windows
+    te = dm.split_ids("test")
+    kd = m.kd_targets({"teacher": torch.from_numpy(dm.teacher[te].astype(np.float32))})
+    y = (torch.from_numpy(dm.windows.targets[te]) - m.y_mean) / m.y_std
+    r2 = 1 - ((kd - y) ** 2).mean(0) / y.var(0)
+    assert (r2 > 0.8).all(), r2
+
+
+def test_slices_follow_the_plan(dm):
+    names = {}
+    for cls in (LayerStudents, TaskStudents, DataStudents):
+        m = cls(PLAN, _cfg_dict(), dm.windows.n_features, dm.windows.window, [N_LAYERS1, HIDDEN])
+        names[cls.dimension] = m.student_names
+        if cls is LayerStudents:
+            np.testing.assert_allclose(m.mix.numpy(), [[.5, .5, 0, 0, 0], [0, 0, .5, .5, 0], [0, 0, 0, 0, 1]])
+        if cls is TaskStudents:
+            assert m.mix.argmax(1).tolist() == [3, 2, 4]
+            assert m.task_w.tolist() == [[3, 1, 1], [1, 3, 1], [1, 1, 3]]
+        if cls is DataStudents:
+            assert m.mix.argmax(1).tolist() == [1, 2, 3] and m.regime_of.tolist() == [0, 1, 2]
+    assert names == {"layer": ["layer_shallow", "layer_middle", "layer_deep"],
+                     "task": ["task_mid", "task_spread", "task_volume"],
+                     "data": ["data_calm", "data_normal", "data_volatile"]}
+
+
+def test_data_students_only_see_their_regime(dm):
+    torch.manual_seed(0)
+    m = DataStudents(PLAN, _cfg_dict(), dm.windows.n_features, dm.windows.window, [N_LAYERS1, HIDDEN])
+    m.setup_from_data(dm)
+    batch = next(iter(dm.train_dataloader()))
+    r = batch["regime"]
+    assert set(r.tolist()) == {0, 1, 2}
+    m.log = lambda *a, **k: None
+    grads = []
+    for perturb in (False, True):
+        b = dict(batch)
+        if perturb:  # change inputs, targets and teacher features of the calm windows only
+            sel = r == 0
+            b["y"] = b["y"].clone(); b["y"][sel] += 5.0
+            b["x"] = b["x"].clone(); b["x"][sel] *= 3.0
+            b["teacher"] = b["teacher"].clone(); b["teacher"][sel] += 1.0
+        m.zero_grad()
+        m._step(b, "train").backward()
+        grads.append({k: p.grad.clone() for k, p in m.students.named_parameters()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k][1:], grads[1][k][1:])  # normal / volatile students: identical
+        assert not torch.allclose(grads[0][k][0], grads[1][k][0])  # the calm student sees the change
+
+
+def test_train_students_checkpoints_resume_and_skip(dm, tmp_path):
+    import lightning as L
+
+    cfg = small_cfg(**{"students.max_epochs": 2})
+
+    class Crash(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 0:
+                trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
+                raise RuntimeError("killed")  # the process dies after epoch 0
+
+    class Epochs(L.Callback):
+        seen = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            Epochs.seen.append(trainer.current_epoch)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train_students("layer", PLAN, dm, cfg, tmp_path, callbacks=[Crash()])
+    ck = tmp_path / "checkpoints" / "layer"
+    assert (ck / "last.ckpt").is_file() and not (ck / "done.json").exists()
+    m = train_students("layer", PLAN, dm, cfg, tmp_path, callbacks=[Epochs()])
+    assert Epochs.seen == [1]  # resumed at epoch 1, did not start over
+    done = json.loads((ck / "done.json").read_text())
+    blob = torch.load(ck / "best.ckpt", weights_only=True)
+    assert blob["hyper_parameters"]["plan"]["groups"] == PLAN["groups"]
+    Epochs.seen = []
+    again = train_students("layer", PLAN, dm, cfg, tmp_path, callbacks=[Epochs()])
+    assert Epochs.seen == [] and json.loads((ck / "done.json").read_text()) == done  # reused, not retrained
+    for a, b in zip(m.state_dict().values(), again.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    # contracts
+    b = next(iter(dm.test_dataloader()))
+    h, sl = again.hidden_and_slices(b)
+    assert h.shape == (3, len(b["x"]), 16) and sl.shape == (3, len(b["x"]), 8)
+    pw = again.predict_windows(b["x"])
+    torch.testing.assert_close(pw, again.predict_students(b["x"]).mean(0))
+    res = evaluate(again, dm, "test")
+    assert set(res) == {"layer_shallow", "layer_middle", "layer_deep", "layer_mean"}
+    y = torch.from_numpy(dm.windows.targets[dm.split_ids("test")])
+    p = torch.cat([again.predict_windows(bb["x"]) for bb in dm.test_dataloader()])
+    assert res["layer_mean"]["mid"]["mse"] == pytest.approx(((p[:, 0] - y[:, 0]) ** 2).mean().item(), rel=1e-4)
+    # a changed config is a new fingerprint: the stale checkpoints are not reused
+    cfg2 = small_cfg(**{"students.max_epochs": 1, "students.alpha": 0.5})
+    Epochs.seen = []
+    train_students("layer", PLAN, dm, cfg2, tmp_path, callbacks=[Epochs()])
+    assert Epochs.seen == [0]
+
+
+def test_validation_logs_per_student_metrics(dm, tmp_path):
+    import lightning as L
+
+    m = TaskStudents(PLAN, _cfg_dict(), dm.windows.n_features, dm.windows.window, [N_LAYERS1, HIDDEN])
+    m.setup_from_data(dm)
+    tr = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, limit_train_batches=2, default_root_dir=tmp_path)
+    tr.fit(m, datamodule=dm)
+    keys = set(tr.callback_metrics)
+    for n in m.student_names:
+        for t in ("mid", "spread", "volume"):
+            assert {f"student/{n}/{t}_r2", f"student/{n}/{t}_mse", f"student/{n}/{t}_mae"} <= keys
+    assert {"val/loss", "val/feat", "val/task", "val/kd", "train/loss"} <= keys
+    assert tr.callback_metrics["val/feat"] > 0 and tr.callback_metrics["val/kd"] > 0

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -179,11 +180,13 @@ class RLTask:
         from omegaconf import OmegaConf
         import stable_baselines3
 
-        conf = lambda c: OmegaConf.to_container(c, resolve=True) if OmegaConf.is_config(c) else vars(c)
+        conf = lambda c: OmegaConf.to_container(c, resolve=True) if OmegaConf.is_config(c) else dict(vars(c))
         rl = {k: v for k, v in conf(self.rl).items() if k != "enabled"}
+        market = {k: v for k, v in conf(self.market).items() if k != "policies"}
         h = hashlib.sha256()
-        h.update(json.dumps([name, OBS_VERSION, self.windows.fingerprint(), conf(self.market), rl, int(seed),
+        h.update(json.dumps([name, OBS_VERSION, self.windows.fingerprint(), market, rl, int(seed),
                              stable_baselines3.__version__], sort_keys=True, default=str).encode())
+        h.update(np.ascontiguousarray(self.windows.split).tobytes())  # which windows train / validate
         if self.preds is not None:
             h.update(np.ascontiguousarray(self.preds).tobytes())
         return h.hexdigest()[:16]
@@ -379,7 +382,8 @@ class MarketMakingEnv(gym.Env):
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        ep = int(options["episode"]) if options and "episode" in options else int(self.np_random.integers(len(self.eps)))
+        pick = options and "episode" in options
+        ep = int(options["episode"]) if pick else int(self.np_random.integers(len(self.eps)))
         self.episode = ep
         obs = self.vec.reset_to(np.array([ep]))
         return obs[0], {"episode": ep, "row": int(self.vec.dec[self.vec.env_j[0]])}
@@ -480,6 +484,7 @@ def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
     if logger:
         model.set_logger(Logger(folder=None, output_formats=[_LightningWriter(logger, name)]))
     best_dir = out / f".{name}_best"
+    shutil.rmtree(best_dir, ignore_errors=True)  # never load a best model left by a crashed run
     stop = StopTrainingOnNoModelImprovement(max_no_improvement_evals=int(cfg.rl.patience), min_evals=1)
     evalcb = EvalCallback(val_env, n_eval_episodes=val_env.num_envs, eval_freq=max(1, int(cfg.rl.eval_freq) // n_envs),
                           best_model_save_path=str(best_dir), deterministic=True, verbose=0,
@@ -487,7 +492,8 @@ def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
     progress = bool(_get(getattr(cfg, "trainer", None), "enable_progress_bar", True))
     model.learn(total_timesteps=int(cfg.rl.timesteps), callback=evalcb, progress_bar=progress)
     best = best_dir / "best_model.zip"
-    trained, n_evals, best_reward = int(model.num_timesteps), evalcb.n_calls // evalcb.eval_freq, evalcb.best_mean_reward
+    trained, n_evals = int(model.num_timesteps), evalcb.n_calls // evalcb.eval_freq
+    best_reward = evalcb.best_mean_reward
     if best.is_file():  # early stopping keeps the best validation checkpoint
         model = load_agent(best)
         best.unlink()
@@ -512,8 +518,11 @@ def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
 def rl_policies(windows, cfg, run_dir, preds: np.ndarray | None = None, logger=None,
                 split: str = "test") -> dict[str, np.ndarray]:
     """What the pipeline calls: train (or load) ``rl_ppo`` and, given CMM ``preds`` [W, 3],
-    ``cmm_rl``; returns their signals [D, 4] for ``split`` (``run_policies`` input)."""
+    ``cmm_rl``; returns their signals [D, 4] for ``split`` (``run_policies`` input); {} when
+    ``rl.enabled`` is off."""
     out = {}
+    if not cfg.rl.enabled:
+        return out
     for name, p in (("rl_ppo", None), ("cmm_rl", preds)):
         if name == "cmm_rl" and p is None:
             continue

@@ -21,6 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from cmm_lightning.data.datamodule import with_teacher
 from cmm_lightning.data.windows import TASKS
 from cmm_lightning.probe.fluorescence import DEFAULT_LAMBDAS, fluorescence
 from cmm_lightning.probe.plots import log_figure, student_bars
@@ -66,6 +67,10 @@ class StudentProbeCallback(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not self._active(trainer) or dataloader_idx != 0 or self._n >= self.max_windows:
             return
+        if isinstance(batch, dict):
+            batch = with_teacher(batch)  # only windows with cached teacher features
+            if not len(batch["y"]):
+                return
         with torch.no_grad():
             h, slices = pl_module.hidden_and_slices(batch)
         self._h.append(h.detach().float().cpu())

@@ -62,6 +62,10 @@ class TeacherConfig:
     pooling: str = "mean"  # mean | last
     dtype: str = "auto"  # auto (bf16 on GPU/AMX CPU) | float32 | bfloat16 | float16
     batch_size: int = 32
+    # teacher budget: features for at most this many windows, spread evenly over the splits
+    # (float32 SmolLM2 on a 2-core AVX2 CPU does ~4 windows/s); students learn the tasks from every
+    # window and the feature/KD terms from these. None: every window.
+    max_windows: Optional[int] = 640
     prefix_cache: bool = True
     trust_remote_code: bool = False
     agent: bool = False  # also decode the LLM-as-agent numbers (slow)

@@ -6,6 +6,11 @@ A :class:`Run` owns one run directory. Each stage output is a lazily computed pr
 skipped when its output for the same fingerprint already exists on disk (teacher features in
 the shared cache, ``probe/``, student/MoE checkpoints, RL agents), so reruns are cheap and a
 crashed ``fit`` resumes where it stopped. Everything a run did ends up in ``report.json``.
+
+Several processes (``trainer.devices=N trainer.strategy=ddp``, torchrun, SLURM): every rank runs
+the same stages in the same order (so every Trainer call meets its peers), the Lightning stages
+(teacher extraction, students, MoE) split their data over the ranks, and only global rank 0
+writes files, logs, prints, and runs what no peer needs (RL agents, the backtest, latency).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from .config import resolve_run_dir, save_config
+from .dist import distributed_run_id, is_global_zero
 from .errors import CMMInputError
 from .io import read_json, write_json
 
@@ -31,7 +37,9 @@ class Run:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.dir = resolve_run_dir(cfg)
-        save_config(cfg, self.dir)
+        self.rank_zero = is_global_zero()
+        if self.rank_zero:
+            save_config(cfg, self.dir)
         report_path = self.dir / "report.json"
         self.report: dict = read_json(report_path) if report_path.is_file() else {}
         self.report["run_dir"] = str(self.dir)
@@ -39,7 +47,13 @@ class Run:
 
     def save_report(self) -> Path:
         self.report["timings_s"] = {**self.report.get("timings_s", {}), **self.timings}
-        return write_json(self.dir / "report.json", self.report)
+        path = self.dir / "report.json"
+        return write_json(path, self.report) if self.rank_zero else path
+
+    @property
+    def progress(self) -> bool:
+        """Progress bars on (``trainer.enable_progress_bar``), on rank 0 only."""
+        return bool(self.cfg.trainer.enable_progress_bar) and self.rank_zero
 
     def timed(self, name: str, fn):
         t0 = time.perf_counter()
@@ -61,7 +75,8 @@ class Run:
         windows = self.timed("prepare", lambda: build_windows(self.cfg.data))
         summary = windows.summary()
         summary["source"] = windows.book.source
-        write_json(self.dir / "data_summary.json", summary)
+        if self.rank_zero:
+            write_json(self.dir / "data_summary.json", summary)
         self.report["data"] = {"source": summary["source"], "n_snapshots": summary["n_snapshots"],
                                "n_windows": summary["n_windows"], "regime_cuts": summary["regime_cuts"]}
         return windows
@@ -78,6 +93,11 @@ class Run:
             "n_windows": m["N"], "windows_per_s": m["windows_per_s"], "tokens_per_s": m["tokens_per_s"],
             "cache_hit": feats.hit,
         }
+        from .loggers import log_scalars
+
+        log_scalars(self.logger, "teacher", {k: m.get(k) for k in (
+            "n_layers", "hidden_size", "N", "windows_per_s", "tokens_per_s", "model_tokens_per_s", "latency_us",
+            "prefix_tokens", "window_tokens_mean", "world_size")} | {"cache_hit": feats.hit})
         return feats
 
     @cached_property
@@ -91,13 +111,23 @@ class Run:
         if stamp.is_file() and read_json(stamp) == key and (probe_dir / "probe.json").is_file():
             print(f"probe: reusing {probe_dir / 'probe.json'} (same teacher features and probe config)")
             res = ProbeResult.load(probe_dir)
+        elif not self.rank_zero:  # the same closed-form probe (the plan), written to a scratch folder
+            import tempfile
+
+            raw = prompt_numbers(self.windows, self.teacher.ids, self.cfg.teacher.template)
+            with tempfile.TemporaryDirectory(prefix="cmm-probe-") as tmp:
+                res = run_probe_stage(self.cfg, self.windows, self.teacher, raw, tmp, None)
         else:
             raw = prompt_numbers(self.windows, self.teacher.ids, self.cfg.teacher.template)
             res = self.timed("probe", lambda: run_probe_stage(self.cfg, self.windows, self.teacher, raw,
-                                                              self.dir, self.logger))
+                                                              self.dir, None))
             write_json(stamp, key)
         summ = res.summary()
         self.report["probe"] = {"best_layer": res.plan["best_layer"], "plan": res.plan, "summary": summ}
+        from .loggers import log_image_files, log_scalars
+
+        log_scalars(self.logger, "probe", {"best_layer": res.plan["best_layer"], "summary": summ})
+        log_image_files(self.logger, {f"probe/heatmap_{r}": probe_dir / f"heatmap_{r}.png" for r in res.regimes})
         return res
 
     # ---------------------------------------------------------------- students → MoE
@@ -118,37 +148,40 @@ class Run:
     @cached_property
     def students(self) -> dict:
         """{dimension: trained students module} for layer, task and data students."""
+        from .loggers import student_logger
         from .students import train_students
 
         plan = self.probe.plan
         out = {}
         for dim in DIMENSIONS:
             out[dim] = self.timed(f"students_{dim}", lambda d=dim: train_students(
-                d, plan, self.datamodule, self.cfg, self.dir, logger=self.logger, callbacks=self._callbacks(),
-                fingerprint=self.teacher.fingerprint))
+                d, plan, self.datamodule, self.cfg, self.dir, logger=student_logger(self.logger, d),
+                callbacks=self._callbacks(), fingerprint=self.teacher.fingerprint))
         return out
 
     @cached_property
     def single_student(self):
         """The single_student_kd baseline: one student distilled from the teacher's last layer only."""
+        from .loggers import student_logger
         from .students import train_students
 
         last = int(self.teacher.meta["n_layers"])
         plan = {**self.probe.plan, "groups": [[last]], "group_names": ["last_layer"]}
         return self.timed("single_student_kd", lambda: train_students(
-            "layer", plan, self.datamodule, self.cfg, self.dir / "single_student_kd", logger=self.logger,
-            fingerprint=self.teacher.fingerprint))
+            "layer", plan, self.datamodule, self.cfg, self.dir / "single_student_kd",
+            logger=student_logger(self.logger, "single_student_kd"), fingerprint=self.teacher.fingerprint))
 
     @cached_property
     def moe(self) -> dict:
         """{mode: trained HajekMoE}: the configured mode first, then the ablations."""
+        from .loggers import moe_logger
         from .moe import train_moe
 
         modes = [self.cfg.moe.mode] + ([m for m in MOE_MODES if m != self.cfg.moe.mode]
                                        if self.cfg.moe.ablations else [])
         modules = list(self.students.values())
         return {m: self.timed(f"moe_{m}", lambda m=m: train_moe(modules, self.datamodule, self.cfg, self.dir,
-                                                                   mode=m, logger=self.logger,
+                                                                   mode=m, logger=moe_logger(self.logger, m),
                                                                    fingerprint=self.teacher.fingerprint))
                 for m in modes}
 
@@ -158,7 +191,8 @@ class Run:
         from .export import export_cmm, save_cmm
 
         model = export_cmm(self.moe[self.cfg.moe.mode])
-        save_cmm(model, self.dir / "checkpoints" / "cmm.pt")
+        if self.rank_zero:
+            save_cmm(model, self.dir / "checkpoints" / "cmm.pt")
         return model
 
     def predict(self, module, ids: np.ndarray, batch: int = 2048) -> np.ndarray:
@@ -222,6 +256,14 @@ def test(run: Run) -> None:
             moe_rep["ablations"][mode] = entry
     run.report["moe"] = moe_rep
     _print_test_table(students, moe_rep)
+    from .loggers import log_scalars
+
+    for name, s in students.items():
+        log_scalars(run.logger, f"student/{name}/test", s["test"])
+    log_scalars(run.logger, f"moe/{moe_rep['mode']}/test", moe_rep["test"])
+    log_scalars(run.logger, f"moe/{moe_rep['mode']}/weights", moe_rep["weights"])
+    for mode, e in moe_rep["ablations"].items():
+        log_scalars(run.logger, f"moe/{mode}/test", e["test"])
     run.save_report()
 
 
@@ -281,8 +323,10 @@ def policy_signals(run: Run) -> dict:
         elif name == "avellaneda_stoikov":
             sig[name] = avellaneda_stoikov(w.book, rows, mcfg, train_rows=train_rows)
         elif name == "teacher_probe":
+            # the slow teacher as a trader: its probe readout from the latest window it has read
+            # (features exist for teacher.max_windows windows; between them it holds its last view)
             t = run.teacher
-            pos = np.searchsorted(t.ids, test_ids)
+            pos = np.maximum(np.searchsorted(t.ids, test_ids, side="right") - 1, 0)
             sig[name] = predictions(run.probe.readout(t.features[pos]), mcfg, vref)
         elif name == "single_student_kd":
             sig[name] = predictions(run.predict(run.single_student, test_ids), mcfg, vref)
@@ -315,16 +359,37 @@ def _agent_signals(run: Run, test_ids: np.ndarray, vref: float) -> np.ndarray:
     return predictions(preds, run.cfg.market, vref)
 
 
+def _run_policies(run: Run, signals: dict) -> dict:
+    """One backtest per policy (same rows, episodes, fill model), with a progress bar over policies."""
+    from tqdm.auto import tqdm
+
+    from .market import run_policies
+
+    w, mcfg = run.windows, run.cfg.market
+    out = {}
+    bar = tqdm(signals.items(), desc="backtest", unit="policy", disable=not run.progress, leave=False)
+    for name, sig in bar:
+        bar.set_postfix_str(name)
+        out.update(run_policies(w.book, w, {name: sig}, mcfg, episode_length=mcfg.episode_length))
+    return out
+
+
 def backtest(run: Run) -> None:
     """Every policy on the test split, same engine and fill model; table, report, equity plot."""
     from .io import atomic_path
-    from .loggers import log_figure
-    from .market import equity_figure, results_table, run_policies
+    from .loggers import log_figure, log_results_table, log_scalars
+    from .market import equity_figure, results_table
+    from .market.metrics import METRIC_NAMES
 
+    # the Lightning stages first, on every rank (each Trainer call needs all its peers) ...
+    if "cmm" in run.cfg.market.policies or run.cfg.rl.enabled:
+        run.moe
+    if "single_student_kd" in run.cfg.market.policies:
+        run.single_student
+    if not run.rank_zero:  # ... then rank 0 alone: RL agents, backtest, figures, latency
+        return
     signals = policy_signals(run)
-    w = run.windows
-    results = run.timed("backtest", lambda: run_policies(w.book, w, signals, run.cfg.market,
-                                                         episode_length=run.cfg.market.episode_length))
+    results = run.timed("backtest", lambda: _run_policies(run, signals))
     metrics = {k: r.metrics for k, r in results.items()}
     run.report["backtest"] = metrics
     print(results_table(metrics))
@@ -332,10 +397,10 @@ def backtest(run: Run) -> None:
     with atomic_path(run.dir / "backtest" / "equity.png") as tmp:
         fig.savefig(tmp, format="png")
     log_figure(run.logger, "backtest/equity", fig)
-    if run.logger and hasattr(run.logger, "log_metrics"):
-        run.logger.log_metrics({f"backtest/{p}/{k}": float(v) for p, m in metrics.items()
-                                for k, v in m.items() if isinstance(v, (int, float))})
+    log_scalars(run.logger, "backtest", metrics)
+    log_results_table(run.logger, "backtest/results", metrics, METRIC_NAMES + ("n_episodes",))
     run.report["latency_us"] = _latency(run)
+    log_scalars(run.logger, "latency_us", run.report["latency_us"])
     run.save_report()
 
 
@@ -349,6 +414,20 @@ def fit(run: Run) -> None:
     test(run)
     backtest(run)
     run.timings["fit_total"] = round(time.perf_counter() - t0, 3)
+    if not run.rank_zero:
+        return
+    from .loggers import log_model_artifact, logger_summary, update_summary
+
+    cmm_path = run.dir / "checkpoints" / "cmm.pt"
+    run.cmm  # noqa: B018  (writes checkpoints/cmm.pt when no policy needed it yet)
+    log_model_artifact(run.logger, cmm_path, name=f"cmm-{run.dir.name}",
+                       metadata={"moe_mode": run.cfg.moe.mode, "students": list(run.report.get("students", {})),
+                                 "teacher": run.report.get("teacher", {}).get("model"),
+                                 "fingerprint": run.report.get("teacher", {}).get("fingerprint")})
+    update_summary(run.logger, {"moe": {"test": run.report.get("moe", {}).get("test", {})},
+                                "backtest": run.report.get("backtest", {}),
+                                "latency_us": run.report.get("latency_us", {})})
+    run.report["logger"] = logger_summary(run.logger)
     run.save_report()
     from .report import print_summary
 
@@ -359,8 +438,44 @@ STAGES = {"prepare": prepare, "cache-teacher": cache_teacher, "probe": probe, "f
           "backtest": backtest, "test": test}
 
 
+RUN_DIR_ENV = "CMM_RUN_DIR"  # rank 0 → the processes Lightning launches for the other devices
+
+
 def run(command: str, cfg: DictConfig) -> None:
+    """Run one stage (the CLI's entry). Sets up what several processes need: one run folder for all
+    ranks (``CMM_RUN_DIR``, inherited by the processes Lightning launches; SLURM / torchrun job ids
+    when every rank starts on its own), quiet stdout on ranks other than 0, and a logger that is
+    closed (W&B finished) however the stage ends."""
+    import os
+    import sys
+
     stage = STAGES.get(command)
     if stage is None:
         raise CMMInputError(f"'{command}' is not available in this version of cmm_lightning")
-    stage(Run(cfg))
+    if cfg.run.dir is None:
+        inherited = os.environ.get(RUN_DIR_ENV) if not is_global_zero() else None
+        job = distributed_run_id()
+        if inherited or job:
+            cfg.run.dir = inherited or str(Path("runs") / job)
+    r = Run(cfg)
+    saved_env, saved_stdout = os.environ.get(RUN_DIR_ENV), sys.stdout
+    os.environ[RUN_DIR_ENV] = str(r.dir.resolve())
+    quiet = None if r.rank_zero else open(os.devnull, "w")
+    if quiet is not None:
+        sys.stdout = quiet
+    ok = False
+    try:
+        stage(r)
+        ok = True
+    finally:
+        if "logger" in r.__dict__:  # built by this stage
+            from .loggers import finish
+
+            finish(r.logger, exit_code=0 if ok else 1)
+        if quiet is not None:
+            sys.stdout = saved_stdout
+            quiet.close()
+        if saved_env is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = saved_env

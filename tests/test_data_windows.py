@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmm_lightning.data.datamodule import LOBDataModule
+from cmm_lightning.data.datamodule import LOBDataModule, with_teacher
 from cmm_lightning.data.lob import Book, to_ticks, validate_book
 from cmm_lightning.data.synthetic import simulate
 from cmm_lightning.data.windows import make_windows
@@ -184,7 +184,15 @@ def test_datamodule_batches_regimes_and_teacher_rows():
     feats = feats[cached < 2048]
     cached = cached[cached < 2048]
     dm = LOBDataModule(w, batch_size=50, teacher=feats, teacher_ids=cached)
-    for b in dm.train_dataloader():
+    seen = []
+    for b in dm.train_dataloader():  # every train window; features (and mask 1) where cached, else zeros
         assert b["teacher"].shape[1:] == (3, 4) and b["teacher"].dtype == torch.float32
-        np.testing.assert_array_equal(b["teacher"][:, 0, 0].numpy(), b["index"].numpy())
-    assert len(dm.split_ids("train")) == np.isin(w.indices("train"), cached).sum()
+        have = np.isin(b["index"].numpy(), cached)
+        np.testing.assert_array_equal(b["teacher_mask"].numpy(), have.astype(np.float32))
+        np.testing.assert_array_equal(b["teacher"][:, 0, 0].numpy(), np.where(have, b["index"].numpy(), 0))
+        sub = with_teacher(b)
+        np.testing.assert_array_equal(sub["teacher"][:, 0, 0].numpy(), sub["index"].numpy())
+        seen.append(b["index"].numpy())
+    assert np.sort(np.concatenate(seen)).tolist() == w.indices("train").tolist()
+    only = LOBDataModule(w, batch_size=50, teacher=feats, teacher_ids=cached, teacher_only=True)
+    assert len(only.split_ids("train")) == np.isin(w.indices("train"), cached).sum()

@@ -248,3 +248,26 @@ def test_validation_logs_per_student_metrics(dm, tmp_path):
             assert {f"student/{n}/{t}_r2", f"student/{n}/{t}_mse", f"student/{n}/{t}_mae"} <= keys
     assert {"val/loss", "val/feat", "val/task", "val/kd", "train/loss"} <= keys
     assert tr.callback_metrics["val/feat"] > 0 and tr.callback_metrics["val/kd"] > 0
+
+
+def test_feature_and_kd_terms_only_count_windows_with_teacher_features():
+    """teacher_mask: windows without cached teacher features add nothing to the feat/KD terms."""
+    from cmm_lightning.students.losses import ofdd_loss
+
+    torch.manual_seed(0)
+    S, B, D = 2, 6, 4
+    yhat, y = torch.randn(S, B, 3), torch.randn(B, 3)
+    proj, target, kd = torch.randn(S, B, D), torch.randn(S, B, D), torch.randn(B, 3)
+    mask, task_w = torch.ones(S, B), torch.ones(S, 3)
+    have = torch.tensor([1, 1, 0, 1, 0, 0], dtype=torch.float32)
+    out = ofdd_loss(yhat, y, mask, task_w, proj=proj, target=target, kd=kd, teacher_mask=have)
+    keep = have.bool()
+    ref = ofdd_loss(yhat[:, keep], y[keep], mask[:, keep], task_w, proj=proj[:, keep],
+                    target=target[:, keep], kd=kd[keep])
+    torch.testing.assert_close(out["feat"], ref["feat"])
+    torch.testing.assert_close(out["kd"], ref["kd"])
+    # by hand for student 0: nmse = Σ‖p−t‖² / Σ‖t‖² over the kept windows
+    hand = ((proj[0, keep] - target[0, keep]) ** 2).sum() / (target[0, keep] ** 2).sum()
+    torch.testing.assert_close(out["feat"][0], hand)
+    full = ofdd_loss(yhat, y, mask, task_w)  # the task term still sees every window
+    torch.testing.assert_close(out["task"], full["task"])

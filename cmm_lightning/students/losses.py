@@ -49,12 +49,18 @@ def weighted_mse(yhat: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, task_w
 def ofdd_loss(yhat: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, task_w: torch.Tensor,
               proj: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None,
               kd: Optional[torch.Tensor] = None, alpha: float = 1.0, beta: float = 1.0,
-              gamma: float = 0.5, feat_kind: str = "nmse") -> dict[str, torch.Tensor]:
-    """{"total", "feat", "task", "kd"} → each [S]. A term without its inputs is 0 (and not added)."""
+              gamma: float = 0.5, feat_kind: str = "nmse",
+              teacher_mask: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    """{"total", "feat", "task", "kd"} → each [S]. A term without its inputs is 0 (and not added).
+
+    ``teacher_mask`` [B]: 1 where teacher features exist; the feat and KD terms average over those
+    windows only, the task term over every window the student sees.
+    """
     zero = yhat.new_zeros(yhat.shape[0])
     task = weighted_mse(yhat, y, mask, task_w)
-    feat = feat_loss(proj, target, mask, feat_kind) if target is not None and proj is not None else zero
-    kdl = weighted_mse(yhat, kd, mask, task_w) if kd is not None else zero
+    tmask = mask if teacher_mask is None else mask * teacher_mask[None, :].to(mask)
+    feat = feat_loss(proj, target, tmask, feat_kind) if target is not None and proj is not None else zero
+    kdl = weighted_mse(yhat, kd, tmask, task_w) if kd is not None else zero
     total = beta * task
     if target is not None and alpha:
         total = total + alpha * feat

@@ -42,6 +42,7 @@ from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
 from ..config import StudentsConfig
+from ..data.datamodule import with_teacher
 from ..data.windows import REGIMES, TASKS
 from ..errors import CMMInputError
 from ..io import read_json, write_json
@@ -163,7 +164,7 @@ class StudentsModule(L.LightningModule):
         """Fit normalisers, PCA slices and the KD ridge on the train split (see module docstring)."""
         F = self.hparams.n_features
         acc = {k: torch.zeros(n, dtype=torch.float64) for k, n in (("sx", F), ("sxx", F), ("sy", 3), ("syy", 3))}
-        nx = ny = 0
+        nx = ny = nt = 0
         st = stt = None
         for batch in datamodule.train_dataloader():
             x = batch["x"].double().reshape(-1, F)
@@ -171,7 +172,8 @@ class StudentsModule(L.LightningModule):
             acc["sx"] += x.sum(0); acc["sxx"] += (x * x).sum(0); nx += len(x)
             acc["sy"] += y.sum(0); acc["syy"] += (y * y).sum(0); ny += len(y)
             if self.has_teacher:
-                t = batch["teacher"].double()
+                t = with_teacher(batch)["teacher"].double()
+                nt += len(t)
                 st = t.sum(0) if st is None else st + t.sum(0)
                 stt = (t * t).sum(0) if stt is None else stt + (t * t).sum(0)
         if ny < 2:
@@ -181,10 +183,10 @@ class StudentsModule(L.LightningModule):
         self.y_mean.copy_(my); self.y_std.copy_(_safe_std(acc["syy"] / ny - my ** 2))
         if not self.has_teacher:
             return self
-        if st is None:
+        if st is None or nt < 2:
             raise CMMInputError("students: the datamodule serves no teacher features but the module expects them")
-        mt = st / ny
-        self.t_mean.copy_(mt); self.t_std.copy_(_safe_std(stt / ny - mt ** 2))
+        mt = st / nt
+        self.t_mean.copy_(mt); self.t_std.copy_(_safe_std(stt / nt - mt ** 2))
         self._fit_slices_and_kd(datamodule)
         return self
 
@@ -194,6 +196,7 @@ class StudentsModule(L.LightningModule):
         xtx, xty = torch.zeros(3, H, H, dtype=torch.float64), torch.zeros(3, H, dtype=torch.float64)
         yy, n = torch.zeros(3, dtype=torch.float64), 0
         for batch in loader:
+            batch = with_teacher(batch)
             t = batch["teacher"].to(self.t_mean)
             z = (t - self.t_mean) / self.t_std
             y = ((batch["y"].to(self.y_mean) - self.y_mean) / self.y_std)
@@ -258,9 +261,11 @@ class StudentsModule(L.LightningModule):
 
     @torch.no_grad()
     def hidden_and_slices(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        _, h, _ = self(batch["x"].to(self.x_mean.device))
+        """(h [S, B', d], slices [S, B', D]) over the batch's windows that have teacher features."""
         if not self.has_teacher or "teacher" not in batch:
             raise CMMInputError("hidden_and_slices needs a batch with teacher features")
+        batch = with_teacher(batch)
+        _, h, _ = self(batch["x"].to(self.x_mean.device))
         return h, self.teacher_slices(batch["teacher"])
 
     # -- Lightning ---------------------------------------------------------------------------
@@ -271,18 +276,20 @@ class StudentsModule(L.LightningModule):
         target = self.teacher_slices(batch["teacher"]) if self.has_teacher and "teacher" in batch else None
         parts = ofdd_loss(yhat, y, mask, self.task_w, proj=proj, target=target, kd=self.kd_targets(batch),
                           alpha=self.cfg["alpha"], beta=self.cfg["beta"], gamma=self.cfg["gamma"],
-                          feat_kind=self.cfg["feat_loss"])
+                          feat_kind=self.cfg["feat_loss"], teacher_mask=batch.get("teacher_mask"))
         B = len(y)
         train = stage == "train"
-        self.log(f"{stage}/loss", parts["total"].mean(), batch_size=B, on_step=train, on_epoch=True, prog_bar=True)
+        sync = not train  # val/test epoch values are means over every rank's windows (DDP)
+        self.log(f"{stage}/loss", parts["total"].mean(), batch_size=B, on_step=train, on_epoch=True, prog_bar=True,
+                 sync_dist=sync)
         for k in ("feat", "task", "kd"):
-            self.log(f"{stage}/{k}", parts[k].mean(), batch_size=B, on_step=False, on_epoch=True)
+            self.log(f"{stage}/{k}", parts[k].mean(), batch_size=B, on_step=False, on_epoch=True, sync_dist=sync)
         if not train:
             metrics = self.val_metrics if stage == "val" else self.test_metrics
             pred = self.denorm_y(yhat.detach())
             for i, n in enumerate(self.student_names):
                 self.log(f"{'' if stage == 'val' else 'test/'}student/{n}/loss", parts["total"][i],
-                         batch_size=int(mask[i].sum().clamp_min(1)), on_epoch=True)
+                         batch_size=int(mask[i].sum().clamp_min(1)), on_epoch=True, sync_dist=True)
                 metrics[n].update(pred[i], batch["y"])
         return parts["total"].sum()
 
@@ -399,22 +406,28 @@ def fit_module(make: Callable[[], L.LightningModule], cls, datamodule, cfg, ckpt
     ``best.ckpt`` and, once finished, ``done.json``. A different fingerprint clears the folder.
     Returns the best module loaded back with ``weights_only=True`` (on CPU).
     """
+    from ..dist import is_global_zero
+
     ckpt_dir = Path(ckpt_dir)
+    zero = is_global_zero()  # under DDP every rank decides the same; only rank 0 writes
     done, best, last, fp_file = (ckpt_dir / n for n in ("done.json", "best.ckpt", "last.ckpt", "fingerprint.json"))
     if done.is_file() and best.is_file() and read_json(done).get("fingerprint") == fingerprint:
         print(f"{ckpt_dir.name}: reusing {best} (same fingerprint {fingerprint})")
         return cls.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
     same = fp_file.is_file() and read_json(fp_file).get("fingerprint") == fingerprint
-    if ckpt_dir.exists() and not same:
-        for f in (*ckpt_dir.glob("*.ckpt"), done):
-            f.unlink(missing_ok=True)
-    write_json(fp_file, {"fingerprint": fingerprint})
+    if zero:  # stale files go first, the new fingerprint last (a peer reading meanwhile decides alike)
+        if ckpt_dir.exists() and not same:
+            for f in (*ckpt_dir.glob("*.ckpt"), done):
+                f.unlink(missing_ok=True)
+        write_json(fp_file, {"fingerprint": fingerprint})
     resume = str(last) if same and last.is_file() else None
     L.seed_everything(int(cfg.run.seed) if cfg is not None and "run" in cfg else 0, workers=True, verbose=False)
     module = make()
     if resume is None and prepare is not None:
         prepare(module)
     if not train:  # nothing to optimise (e.g. uniform MoE over frozen students)
+        if not zero:
+            return module.cpu().eval()
         _save_plain_checkpoint(module, best)
         write_json(done, {"fingerprint": fingerprint, "best": str(best), "trained": False})
         return cls.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
@@ -426,9 +439,11 @@ def fit_module(make: Callable[[], L.LightningModule], cls, datamodule, cfg, ckpt
                         default_root_dir=str(ckpt_dir), enable_model_summary=False, log_every_n_steps=10,
                         **_trainer_kwargs(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-    path = ckpt.best_model_path or str(last)
-    if Path(path) != best and Path(path).is_file():
-        best.write_bytes(Path(path).read_bytes())
+    path = Path(ckpt.best_model_path or str(last))
+    if not zero:  # rank 0 saved the checkpoints (Lightning waits for it); read, don't write
+        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+    if path != best and path.is_file():
+        best.write_bytes(path.read_bytes())
     score = ckpt.best_model_score
     write_json(done, {"fingerprint": fingerprint, "best": str(best), "trained": True,
                       "best_score": None if score is None else float(score), "epochs": int(trainer.current_epoch)})

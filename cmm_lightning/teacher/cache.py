@@ -1,0 +1,299 @@
+"""Teacher feature cache: fingerprint → ``features.npy`` (float16 memmap) + ``ids.npy`` + ``meta.json``.
+
+The key is a fingerprint of everything that decides the features: model weights, tokenizer,
+template (text + version, with the window spec it renders), pooling, resolved dtype, the data
+(``windows.fingerprint()``: book contents + window spec) and the window ids. A changed key
+never reuses old features; the same key is a hit that opens the memmap without loading the model.
+
+Layout of ``<cache_root>/teacher/<fp>/``::
+
+    shards-<plan>/shard_<rank>_<k>.npy, .ids.npy   during extraction (resumable), removed after the merge
+    features.npy   float16 [N, n_layers+1, d]    rows in ascending window id
+    ids.npy        int64 [N] window ids (positions in WindowSet.end)
+    meta.json      written last: its presence (with the same fingerprint) marks a complete cache
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..io import atomic_path, read_json, write_json
+from .models import REGISTRY, load_teacher, materialize, resolve_dtype, resolve_model, tokenizer_key, weights_hash
+from .prompts import PREFIX, chat_parts, get_template, render_prompts
+
+EXTRACT_VERSION = "1"  # bump when extraction semantics change
+
+
+@dataclass
+class TeacherFeatures:
+    features: np.ndarray  # memmap float16 [N, n_layers+1, hidden]
+    ids: np.ndarray  # int64 [N] window ids
+    meta: dict
+    path: Path
+    hit: bool
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+
+def _teacher_cfg(cfg):
+    return cfg.teacher if hasattr(cfg, "teacher") else cfg
+
+
+def target_device(cfg) -> torch.device:
+    """The device the Trainer will run on (decides the dtype policy and so the fingerprint)."""
+    acc = str(getattr(getattr(cfg, "trainer", None), "accelerator", "auto"))
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def default_ids(windows, max_windows: int | None = None) -> np.ndarray:
+    """Every window in a split, or ``max_windows`` of them evenly spaced in time (all splits alike)."""
+    ids = np.flatnonzero(windows.split >= 0).astype(np.int64)
+    if max_windows is not None and len(ids) > max_windows:
+        ids = ids[np.unique(np.linspace(0, len(ids) - 1, int(max_windows)).round().astype(np.int64))]
+    return ids
+
+
+def fingerprint(weights_hash: str, tokenizer_hash: str, template: str, pooling: str, dtype: str,
+                windows, ids: np.ndarray) -> str:
+    """16 hex digits of sha256 over every input that decides the features."""
+    t = get_template(template)
+    payload = {
+        "extract": EXTRACT_VERSION,
+        "weights": weights_hash,
+        "tokenizer": tokenizer_hash,
+        "template": t.text(),
+        "prefix": PREFIX(t, windows.window, windows.horizon),
+        "pooling": pooling,
+        "dtype": str(dtype).replace("torch.", ""),
+        "windows": windows.fingerprint(),
+        "ids": hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def teacher_fingerprint(cfg, windows, cache_root: Path, ids: np.ndarray) -> str:
+    """Fingerprint from the config without loading the model (file hashes are memoised)."""
+    tc = _teacher_cfg(cfg)
+    spec = materialize(resolve_model(tc.model), cache_root)
+    whash = weights_hash(spec, cache_root)
+    tok = tokenizer_key(spec, whash, trust_remote_code=bool(tc.trust_remote_code))
+    if whash is None:  # hub id: hash of the loaded weights
+        _, _, info = load_teacher(tc, cache_root, "cpu")
+        whash = info["weights_hash"]
+    dtype = resolve_dtype(tc.dtype, target_device(cfg))
+    return fingerprint(whash, tok, tc.template, tc.pooling, str(dtype), windows, ids)
+
+
+def load_features(folder: Path, hit: bool = True) -> TeacherFeatures:
+    folder = Path(folder)
+    return TeacherFeatures(features=np.load(folder / "features.npy", mmap_mode="r"),
+                           ids=np.load(folder / "ids.npy"), meta=read_json(folder / "meta.json"),
+                           path=folder, hit=hit)
+
+
+def lookup(cache_root: Path, fp: str) -> Optional[TeacherFeatures]:
+    folder = Path(cache_root) / "teacher" / fp
+    try:
+        meta = read_json(folder / "meta.json")
+    except (OSError, ValueError):
+        return None
+    if meta.get("fingerprint") != fp or not (folder / "features.npy").is_file():
+        return None
+    return load_features(folder)
+
+
+def _merge(shard_dir: Path, folder: Path, ids: np.ndarray, n_batches: int, width: tuple[int, int]) -> None:
+    """Shards → ``features.npy`` rows in ascending window id (atomic)."""
+    from .extract import read_shards
+
+    shards = read_shards(shard_dir)
+    missing = sorted(set(range(n_batches)) - set(shards))
+    if missing:
+        raise RuntimeError(f"teacher extraction incomplete: {len(missing)} of {n_batches} shards missing")
+    with atomic_path(folder / "features.npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(ids),) + width)
+        for k in range(n_batches):
+            sid, feats = shards[k]
+            out[np.searchsorted(ids, sid)] = feats
+        out.flush()
+        del out
+    with atomic_path(folder / "ids.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, ids, allow_pickle=False)
+
+
+def _trainer(cfg, writer):
+    import lightning as L
+
+    tr = getattr(cfg, "trainer", None)
+    get = (lambda k, d: getattr(tr, k, d)) if tr is not None else (lambda k, d: d)
+    return L.Trainer(
+        accelerator=get("accelerator", "auto"), devices=get("devices", 1), strategy=get("strategy", "auto"),
+        num_nodes=get("num_nodes", 1), precision="32-true", logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=get("enable_progress_bar", True),
+        use_distributed_sampler=False, callbacks=[writer],
+    )
+
+
+def extract_features(cfg, windows, ids: np.ndarray, folder: Path, fp: str, model=None, tokenizer=None,
+                     info: dict | None = None, measure_latency: bool = True) -> dict:
+    """Run the predict loop into resumable shards, merge on rank 0, write ``meta.json``; → meta."""
+    from .extract import (PlanData, ShardWriter, TeacherExtractor, finished_shards, length_buckets,
+                          tokenize_prompts)
+
+    tc = _teacher_cfg(cfg)
+    t0 = time.perf_counter()
+    if model is None:
+        model, tokenizer, info = load_teacher(tc, folder.parent.parent, target_device(cfg))
+    t_load = time.perf_counter() - t0
+    prefix_text = PREFIX(tc.template, windows.window, windows.horizon)
+    head, tail = chat_parts(tokenizer, prefix_text)
+    bodies = render_prompts(windows, ids, tc.template)
+    prefix_ids, tokens = tokenize_prompts(tokenizer, head, bodies, tail)
+    lengths = np.array([len(t) for t in tokens])
+    plan = length_buckets(lengths, int(tc.batch_size))
+    plan_key = hashlib.sha256(
+        b"".join(np.ascontiguousarray(b, dtype=np.int64).tobytes() + b"|" for b in plan)
+        + f"{tc.prefix_cache}".encode()).hexdigest()[:8]
+    shard_dir = folder / f"shards-{plan_key}"
+    writer = ShardWriter(shard_dir)
+    done_before = set(finished_shards(shard_dir))
+    trainer = _trainer(cfg, writer)
+    module = TeacherExtractor(model, prefix_ids, pooling=tc.pooling, prefix_cache=bool(tc.prefix_cache))
+    t1 = time.perf_counter()
+    trainer.predict(module, datamodule=PlanData(tokens, ids, plan, shard_dir), return_predictions=False)
+    t_model = time.perf_counter() - t1
+    trainer.strategy.barrier()
+    ran = [k for k in range(len(plan)) if k not in done_before]
+    n_run = int(sum(len(plan[k]) for k in ran))
+    tok_run = int(sum(lengths[plan[k]].sum() + len(prefix_ids) * len(plan[k]) for k in ran))
+    meta = {
+        "fingerprint": fp,
+        **info,
+        "template": get_template(tc.template).version,
+        "pooling": tc.pooling,
+        "prefix_cache": bool(tc.prefix_cache),
+        "N": int(len(ids)),
+        "shape": [int(len(ids)), info["n_layers"] + 1, info["hidden_size"]],
+        "prefix_tokens": int(len(prefix_ids)),
+        "window_tokens_mean": float(lengths.mean()),
+        "batches": len(plan),
+        "resumed_batches": len(done_before),
+        "world_size": int(trainer.world_size),
+    }
+    if trainer.is_global_zero:
+        _merge(shard_dir, folder, ids, len(plan), (info["n_layers"] + 1, info["hidden_size"]))
+        wall = time.perf_counter() - t0 - t_load
+        meta.update({
+            "seconds": {"load": round(t_load, 3), "model": round(t_model, 3), "total": round(wall, 3)},
+            "windows_per_s": round(n_run / max(wall, 1e-9), 2),
+            "tokens_per_s": round(tok_run / max(wall, 1e-9), 1),
+            "model_tokens_per_s": round(tok_run / max(t_model, 1e-9), 1),
+        })
+        if measure_latency:
+            meta["latency_us"] = measure_latency_us(model, tokenizer, windows, ids[: min(8, len(ids))], tc)
+        write_json(folder / "meta.json", meta)
+        for old in folder.glob("shards-*"):  # this plan's shards, and any left by another batch size
+            shutil.rmtree(old, ignore_errors=True)
+    trainer.strategy.barrier()
+    return meta
+
+
+def cache_teacher(cfg, windows, cache_root: Path, ids: np.ndarray | None = None) -> TeacherFeatures:
+    """Features for windows ``ids`` (default: ``teacher.max_windows`` windows spread over the splits):
+    a hit loads the memmap, a miss runs the extraction (resuming from finished shards), then loads it."""
+    if ids is None:
+        ids = default_ids(windows, getattr(_teacher_cfg(cfg), "max_windows", None))
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    fp = teacher_fingerprint(cfg, windows, cache_root, ids)
+    found = lookup(cache_root, fp)
+    if found is not None:
+        return found
+    folder = Path(cache_root) / "teacher" / fp
+    folder.mkdir(parents=True, exist_ok=True)
+    extract_features(cfg, windows, ids, folder, fp)
+    return load_features(folder, hit=False)
+
+
+@torch.inference_mode()
+def measure_latency_us(model, tokenizer, windows, idx: np.ndarray, cfg, repeats: int = 1) -> float:
+    """Median µs per decision at batch 1: render one window's prompt → tokens → features.
+
+    The prefix KV cache (when enabled) is precomputed, as a live system would hold it.
+    """
+    from .extract import TeacherExtractor, tokenize_prompts
+
+    tc = _teacher_cfg(cfg)
+    head, tail = chat_parts(tokenizer, PREFIX(tc.template, windows.window, windows.horizon))
+    prefix_ids, _ = tokenize_prompts(tokenizer, head, [], tail)
+    ext = TeacherExtractor(model, prefix_ids, pooling=tc.pooling, prefix_cache=bool(tc.prefix_cache))
+    ext.prefix_ids = ext.prefix_ids.to(next(model.parameters()).device)
+    dev = ext.prefix_ids.device
+    idx = np.asarray(idx, dtype=np.int64)
+    times = []
+    for j in range(-2, len(idx) * repeats):  # two warm-ups
+        i = idx[max(j, 0) % len(idx)]
+        t = time.perf_counter()
+        body = render_prompts(windows, np.array([i]), tc.template)
+        _, toks = tokenize_prompts(tokenizer, head, body, tail)
+        ext.pool(ext.hidden_states(torch.from_numpy(toks[0][None]).to(dev))).cpu()
+        if j >= 0:
+            times.append(time.perf_counter() - t)
+    return round(float(np.median(times)) * 1e6, 1)
+
+
+def run_cache_teacher(cfg, windows, run_dir: Path) -> TeacherFeatures:
+    """Stage ``cache-teacher``: hit or miss, print throughput and path, write ``teacher/meta.json``."""
+    from ..config import cache_dir
+
+    tf = cache_teacher(cfg, windows, cache_dir(cfg))
+    m = tf.meta
+    print(f"cache {'hit' if tf.hit else 'miss'} {tf.fingerprint}")
+    print(f"teacher {m['model']} ({m['dtype']}): {m['n_layers']} layers x {m['hidden_size']}, "
+          f"template {m['template']}, pooling {m['pooling']}")
+    what = "extracted at" if tf.hit else "throughput"
+    print(f"{what} {m['windows_per_s']:.1f} windows/s, {m['tokens_per_s']:,.0f} tokens/s "
+          f"({m['N']:,} windows, {m['seconds']['total']:.1f} s)")
+    print(f"features {tuple(tf.features.shape)} float16 at {tf.path}")
+    from ..dist import is_global_zero
+
+    if not is_global_zero():  # DDP: the features are shared; the run folder is rank 0's
+        return tf
+    summary = {**m, "hit": tf.hit, "path": str(tf.path)}
+    tc = _teacher_cfg(cfg)
+    if getattr(tc, "agent", False):
+        summary["agent"] = _run_agent(cfg, windows, Path(run_dir), tf)
+    write_json(Path(run_dir) / "teacher" / "meta.json", summary)
+    return tf
+
+
+def _run_agent(cfg, windows, run_dir: Path, tf: TeacherFeatures) -> dict:
+    from ..config import cache_dir
+    from .extract import agent_predictions
+
+    tc = _teacher_cfg(cfg)
+    model, tok, _ = load_teacher(tc, cache_dir(cfg), target_device(cfg))
+    idx = windows.indices("test")[: int(tc.agent_max_windows)]
+    preds, n_bad = agent_predictions(model, tok, windows, idx, tc)
+    with atomic_path(run_dir / "teacher" / "agent.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=idx, preds=preds)
+    print(f"LLM-as-agent: {len(idx)} windows, {n_bad} unparsable answers")
+    return {"n": int(len(idx)), "n_bad": int(n_bad), "path": str(run_dir / "teacher" / "agent.npz")}
+
+
+__all__ = ["TeacherFeatures", "fingerprint", "cache_teacher", "load_features", "measure_latency_us",
+           "run_cache_teacher", "teacher_fingerprint", "REGISTRY"]

@@ -65,7 +65,7 @@ class TeacherConfig:
     # teacher budget: features for at most this many windows, spread evenly over the splits
     # (float32 SmolLM2 on a 2-core AVX2 CPU does ~4 windows/s); students learn the tasks from every
     # window and the feature/KD terms from these. None: every window.
-    max_windows: Optional[int] = 640
+    max_windows: Optional[int] = 512
     prefix_cache: bool = True
     trust_remote_code: bool = False
     agent: bool = False  # also decode the LLM-as-agent numbers (slow)

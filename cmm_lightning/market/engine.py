@@ -15,9 +15,10 @@ spirit of hftbacktest's risk-averse queue model. Our orders never move the repla
   Trades come from ``trade_px/trade_sz/trade_side``, or from LOBSTER execution messages
   (types 4, 5) when the book carries them. Cancellations never shrink ``Q``.  Asks mirror bids.
 
-State lives in small numpy arrays (see the ``F_*``, ``I_*`` layouts) so that the same kernels
-serve :func:`run_engine` (the whole backtest loop in numba) and :class:`Engine` (a gymnasium env
-submits quotes and advances rows once per action, for many environments at once).
+State lives in small numpy arrays (see the ``F_*``, ``I_*`` layouts) so that the same row loop
+(:func:`_run`) serves :func:`run_engine` (the whole backtest in numba, one call per episode) and
+:class:`Engine` (a gymnasium env submits quotes and advances rows once per action, for many
+environments at once).
 Internally prices are ticks and cash is ticks x shares; the wrappers report currency.
 """
 
@@ -37,11 +38,12 @@ F_CASH, F_INV, F_BSZ, F_BQ, F_ASZ, F_AQ, F_FEES, F_VOL, F_QUOTED, F_LFS0, F_LFS1
 NF = 11  # F_LFS0/1: size of the last fill per side (the trader's view of inventory, hftbacktest model)
 # int state  [NI]
 (I_BPX, I_APX, I_NFILL, I_NPLACED, I_NFILLED, I_BHIT, I_AHIT, I_ROW,
- I_PH0, I_PC0, I_PH1, I_PC1, I_NLOG, I_LFT0, I_LFT1) = range(15)
-NI = 15  # I_NFILL counts this account's fills, I_NLOG the rows written to the fills log,
-# I_LFT0/1 the exchange time of the last fill per side
+ I_PH0, I_PC0, I_PH1, I_PC1, I_NLOG, I_LFT0, I_LFT1, I_QR0, I_QR1) = range(17)
+NI = 17  # I_NFILL counts this account's fills, I_NLOG the rows written to the fills log,
+# I_LFT0/1 the exchange time of the last fill per side, I_QR0/1 the last row the depth cap saw
 # pending orders per side: a FIFO ring (activation rows are non-decreasing)
 PEND_CAP = 64
+ROOM = 2 * PEND_CAP + 4  # most fills between two checks of the log's size (one row, or one decision)
 # fills log columns: int64 [n, 4] and float64 [n, 3]
 L_ROW, L_TS, L_SIDE, L_PX = range(4)
 L_SIZE, L_FEE, L_TAKER = range(3)
@@ -50,8 +52,14 @@ L_SIZE, L_FEE, L_TAKER = range(3)
 NE = 9
 
 
-
 # --------------------------------------------------------------------------- kernels
+# One compiled loop (:func:`_run`) does rows, order activations and decisions with the book as
+# separate local arrays (never a tuple, and no helper that takes the book: numba reference-counts
+# every array it takes out of a tuple or hands to a helper, ~5-10 ns each, which used to cost
+# ~1 µs per decision). The common row costs a few loads: matching (:func:`_match`) runs only when
+# something printed at or through one of our prices or the opposite best reached it; fills go
+# through :func:`_log_fill`. Both doors (run_backtest; Engine and rl.py via advance / decide /
+# submit) run this same loop.
 @njit(cache=True, inline="always")
 def level_size(px, sz, r, price, is_bid, unknown):
     """Displayed size at ``price`` on one side of snapshot ``r`` (``px``/``sz`` are [N, L]; no row
@@ -78,9 +86,22 @@ def level_size(px, sz, r, price, is_bid, unknown):
     return unknown
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
+def _grow(log_i, log_f, n):
+    """The fills log (``n`` rows used) with room for ``ROOM`` more rows (x2 when short)."""
+    if log_i.shape[0] == 0 or n + ROOM <= log_i.shape[0]:
+        return log_i, log_f
+    gi = np.zeros((2 * log_i.shape[0] + ROOM, 4), np.int64)
+    gf = np.zeros((gi.shape[0], 3), np.float64)
+    gi[: log_i.shape[0]] = log_i
+    gf[: log_f.shape[0]] = log_f
+    return gi, gf
+
+
+@njit(cache=True)
 def _log_fill(fs, is_, side, row, ts, px, size, fee_per_share, taker, log_i, log_f):
-    """Book one fill into cash/inventory and (when enabled) the fills log; returns the log."""
+    """Book one fill into cash/inventory and (when enabled) the fills log, which has room
+    (:func:`_run` grows it between rows). An ordinary call (not inlined): fills are rare."""
     fee = fee_per_share * size
     if side == 0:
         fs[F_CASH] -= px * size + fee
@@ -94,12 +115,6 @@ def _log_fill(fs, is_, side, row, ts, px, size, fee_per_share, taker, log_i, log
     is_[I_LFT0 + side] = ts
     n = is_[I_NLOG]
     if log_i.shape[0] > 0:
-        if n >= log_i.shape[0]:  # grow x2
-            gi = np.zeros((2 * log_i.shape[0], 4), np.int64)
-            gf = np.zeros((2 * log_f.shape[0], 3), np.float64)
-            gi[: log_i.shape[0]] = log_i
-            gf[: log_f.shape[0]] = log_f
-            log_i, log_f = gi, gf
         log_i[n, L_ROW] = row
         log_i[n, L_TS] = ts
         log_i[n, L_SIDE] = 1 if side == 0 else -1
@@ -109,95 +124,67 @@ def _log_fill(fs, is_, side, row, ts, px, size, fee_per_share, taker, log_i, log
         log_f[n, L_TAKER] = 1.0 if taker else 0.0
     is_[I_NFILL] += 1
     is_[I_NLOG] = n + 1
-    return log_i, log_f
 
 
 @njit(cache=True, inline="always")
-def _place(bk, prm, fs, is_, side, r, px, size, log_i, log_f):
-    """Order ``(px, size)`` reaches the exchange just before event ``r`` (sees row ``r-1``)."""
-    ts, bpx, bsz, apx, asz = bk[0], bk[1], bk[2], bk[3], bk[4]
-    SZ = F_BSZ + 2 * side
+def _depth_cap(bpx, bsz, apx, asz, prm, fs, is_, side, r):
+    """``Q = min(Q, displayed size at P)`` over rows ``is_[I_QR0+side]+1 .. r`` (depth cap: the
+    risk-averse queue shrinks with the displayed size). Applied lazily, when a print at our price
+    needs ``Q``: the min over the skipped rows is the same number the per-row rule gives."""
+    unknown = 0.0 if prm[P_HFT] > 0 else np.inf
     Q = F_BQ + 2 * side
-    PX = I_BPX + side
-    HIT = I_BHIT + side
-    if size <= 0:  # withdraw this side
-        fs[SZ] = 0.0
-        return log_i, log_f
-    hft = prm[P_HFT] > 0  # hftbacktest: a re-quote is cancel + new, back of the queue
-    if fs[SZ] > 0 and is_[PX] == px and size <= fs[SZ] + EPS and not hft:
-        fs[SZ] = size  # same price, size not increased: a modify that keeps queue priority
-        return log_i, log_f
-    fs[SZ] = 0.0  # cancel / replace: a new order at the back of the queue
-    prev = r - 1
-    if side == 0:
-        crosses = px >= apx[prev, 0]
-        opp = apx[prev, 0]
-    else:
-        crosses = px <= bpx[prev, 0]
-        opp = bpx[prev, 0]
-    if crosses and prm[P_POSTONLY] > 0:
-        return log_i, log_f  # post-only order rejected
-    is_[I_NPLACED] += 1
-    fs[F_QUOTED] += size
-    if crosses:  # taker: executes at the opposite best, whole size, taker fee
-        log_i, log_f = _log_fill(fs, is_, side, r, ts[r], opp, size, prm[P_TAKER], True, log_i, log_f)
-        is_[I_NFILLED] += 1
-        return log_i, log_f
-    fs[SZ] = size
-    is_[PX] = px
-    is_[HIT] = 0
-    unknown = 0.0 if hft else np.inf
-    if side == 0:
-        fs[Q] = level_size(bpx, bsz, prev, px, True, unknown)
-    else:
-        fs[Q] = level_size(apx, asz, prev, px, False, unknown)
-    return log_i, log_f
+    P = is_[I_BPX + side]
+    q = fs[Q]
+    for k in range(is_[I_QR0 + side] + 1, r + 1):
+        if side == 0:
+            q = min(q, level_size(bpx, bsz, k, P, True, unknown))
+        else:
+            q = min(q, level_size(apx, asz, k, P, False, unknown))
+    fs[Q] = q
+    if r > is_[I_QR0 + side]:
+        is_[I_QR0 + side] = r
 
 
 @njit(cache=True, inline="always")
-def _match(bk, prm, fs, is_, side, r, log_i, log_f):
-    """Fills of our resting order on ``side`` caused by event/snapshot ``r``.
+def _match(ts, bpx, bsz, apx, asz, prm, fs, is_, side, r, tp, tv, sd, msg, log_i, log_f):
+    """Fills of our resting order on ``side`` caused by event/snapshot ``r``, whose print is
+    ``tp`` (ticks, 0 = none), ``tv`` shares, ``sd`` (trade_side: aggressor sign; or with ``msg``
+    the LOBSTER direction of the executed resting order, 1 = a buy).
 
     hftbacktest model: only a print whose aggressor hits our side fills us (a seller for a bid),
     an at-price print fills the whole order once ``V - Q >= lot``, unseen levels count as empty."""
-    ts, bpx, bsz, apx, asz = bk[0], bk[1], bk[2], bk[3], bk[4]
     hft = prm[P_HFT] > 0
+    cap = prm[P_DEPTHCAP] > 0
     SZ = F_BSZ + 2 * side
     Q = F_BQ + 2 * side
     P = is_[I_BPX + side]
     rem = fs[SZ]
+    if cap:  # the rows skipped since the last match: Q as the per-row rule leaves it at r - 1
+        _depth_cap(bpx, bsz, apx, asz, prm, fs, is_, side, r - 1)
     through = False
     V = 0.0
-    if prm[P_MSGS] > 0:  # LOBSTER: executions of visible (4) or hidden (5) orders
-        mt = bk[8][r]
-        if mt == 4 or mt == 5:
-            mp = bk[9][r]
-            md = bk[11][r]
-            if side == 0:
-                if mp < P and (md == 1 or not hft):
-                    through = True
-                elif mp == P and md == 1:
-                    V = bk[10][r]
-            else:
-                if mp > P and (md == -1 or not hft):
-                    through = True
-                elif mp == P and md == -1:
-                    V = bk[10][r]
-    else:
-        tv = bk[6][r]
-        if tv > 0:
-            tp = bk[5][r]
-            sd = bk[7][r]
-            if side == 0:
-                if 0 < tp < P and (sd < 0 or not hft):
-                    through = True
-                elif tp == P and (sd < 0 or (sd == 0 and not hft)):
-                    V = tv
-            else:
-                if tp > P and (sd > 0 or not hft):
-                    through = True
-                elif tp == P and (sd > 0 or (sd == 0 and not hft)):
-                    V = tv
+    if msg:  # LOBSTER: executions of visible (4) or hidden (5) orders
+        if side == 0:
+            if tp < P and (sd == 1 or not hft):
+                through = True
+            elif tp == P and sd == 1:
+                V = tv
+        else:
+            if tp > P and (sd == -1 or not hft):
+                through = True
+            elif tp == P and sd == -1:
+                V = tv
+    elif tv > 0:
+        if side == 0:
+            if 0 < tp < P and (sd < 0 or not hft):
+                through = True
+            elif tp == P and (sd < 0 or (sd == 0 and not hft)):
+                V = tv
+        else:
+            if tp > P and (sd > 0 or not hft):
+                through = True
+            elif tp == P and (sd > 0 or (sd == 0 and not hft)):
+                V = tv
     fill = 0.0
     if through:
         fill = rem
@@ -210,67 +197,26 @@ def _match(bk, prm, fs, is_, side, r, log_i, log_f):
     if (side == 0 and apx[r, 0] <= P) or (side == 1 and bpx[r, 0] >= P):
         fill = rem  # crossed by the opposite best
     if fill > 0:
-        log_i, log_f = _log_fill(fs, is_, side, r, ts[r], P, fill, prm[P_MAKER], False, log_i, log_f)
+        _log_fill(fs, is_, side, r, ts[r], P, fill, prm[P_MAKER], False, log_i, log_f)
         fs[SZ] = rem - fill
         if is_[I_BHIT + side] == 0:
             is_[I_BHIT + side] = 1
             is_[I_NFILLED] += 1
-    if prm[P_DEPTHCAP] > 0 and fs[SZ] > 0:
-        unknown = 0.0 if hft else np.inf
-        if side == 0:
-            fs[Q] = min(fs[Q], level_size(bpx, bsz, r, P, True, unknown))
-        else:
-            fs[Q] = min(fs[Q], level_size(apx, asz, r, P, False, unknown))
-    return log_i, log_f
+    if cap and fs[SZ] > 0:
+        _depth_cap(bpx, bsz, apx, asz, prm, fs, is_, side, r)
+    return
 
 
 @njit(cache=True, inline="always")
-def _activate(bk, prm, fs, is_, pi, pf, side, r, log_i, log_f):
-    """Apply every pending order of ``side`` whose activation row is ``<= r`` (FIFO)."""
-    h = is_[I_PH0 + 2 * side]
-    c = is_[I_PC0 + 2 * side]
-    while c > 0 and pi[side, h, 0] <= r:
-        log_i, log_f = _place(bk, prm, fs, is_, side, r, pi[side, h, 1], pf[side, h], log_i, log_f)
-        h = (h + 1) % PEND_CAP
-        c -= 1
-    is_[I_PH0 + 2 * side] = h
-    is_[I_PC0 + 2 * side] = c
-    return log_i, log_f
-
-
-@njit(cache=True, inline="always")
-def advance(bk, prm, fs, is_, pi, pf, r1, log_i, log_f, eq, inv, base):
-    """Process rows ``is_[I_ROW] .. r1-1``; write equity (ticks) / inventory at ``row - base``
-    when ``eq`` is non-empty. Returns the (possibly grown) fills log."""
-    bpx, apx = bk[1], bk[3]
-    rec = eq.shape[0] > 0
-    for r in range(is_[I_ROW], r1):
-        if is_[I_PC0] > 0 and pi[0, is_[I_PH0], 0] <= r:
-            log_i, log_f = _activate(bk, prm, fs, is_, pi, pf, 0, r, log_i, log_f)
-        if is_[I_PC1] > 0 and pi[1, is_[I_PH1], 0] <= r:
-            log_i, log_f = _activate(bk, prm, fs, is_, pi, pf, 1, r, log_i, log_f)
-        if fs[F_BSZ] > 0:
-            log_i, log_f = _match(bk, prm, fs, is_, 0, r, log_i, log_f)
-        if fs[F_ASZ] > 0:
-            log_i, log_f = _match(bk, prm, fs, is_, 1, r, log_i, log_f)
-        if rec:
-            eq[r - base] = fs[F_CASH] + fs[F_INV] * 0.5 * (bpx[r, 0] + apx[r, 0])
-            inv[r - base] = fs[F_INV]
-    if r1 > is_[I_ROW]:
-        is_[I_ROW] = r1
-    return log_i, log_f
-
-
-@njit(cache=True, inline="always")
-def activation_row(ts, prm, d, t):
+def activation_row(ts, timed, strict, latns, lat, d, t):
     """Row at which an order decided at time ``t >= ts[d]`` after row ``d`` is live (may be
     ``len(ts)``: never): ``d + latency`` snapshots, or with ``latency_ns`` the first row with
     ``ts >= t + latency_ns``; in the hftbacktest model the first row with ``ts > t + latency_ns``
-    (market data stamped at the arrival time is processed before the order)."""
-    if prm[P_LATNS] > 0 or prm[P_HFT] > 0:
+    (market data stamped at the arrival time is processed before the order): ``timed`` =
+    ``latency_ns > 0`` or that model, ``strict`` = that model, ``latns``/``lat`` the latencies."""
+    if timed:
         n = ts.shape[0]
-        ta = t + np.int64(prm[P_LATNS])
-        strict = prm[P_HFT] > 0
+        ta = t + latns
         a = d + 1
         for _ in range(8):  # usually within a few rows: scan, then bisect
             if a >= n or ts[a] > ta or (ts[a] == ta and not strict):
@@ -279,7 +225,7 @@ def activation_row(ts, prm, d, t):
         if strict:
             return a + np.searchsorted(ts[a:], ta, side="right")
         return a + np.searchsorted(ts[a:], ta)
-    return d + max(1, np.int64(prm[P_LAT]))
+    return d + max(1, lat)
 
 
 @njit(cache=True, inline="always")
@@ -293,10 +239,15 @@ def trader_inventory(prm, fs, is_, t):
     bid worst = inventory + unreported sells + resting bid, ask worst = inventory - unreported
     buys - resting ask. Exact when decisions are >= entry + response latency apart (then at most
     one order per side is in flight, and only the last fill per side can be unreported)."""
+    return _inventories(prm[P_HFT] > 0, np.int64(prm[P_RESPNS]), fs, is_, t)
+
+
+@njit(cache=True, inline="always")
+def _inventories(hft, resp, fs, is_, t):
+    """:func:`trader_inventory` with the parameters as scalars."""
     inv = fs[F_INV]
-    if prm[P_HFT] <= 0:
+    if not hft:
         return inv, inv, inv
-    resp = np.int64(prm[P_RESPNS])
     unk_b = fs[F_LFS0] if is_[I_LFT0] + resp > t else 0.0
     unk_a = fs[F_LFS1] if is_[I_LFT1] + resp > t else 0.0
     return inv - unk_b + unk_a, inv + unk_a + fs[F_BSZ], inv - unk_b - fs[F_ASZ]
@@ -305,39 +256,30 @@ def trader_inventory(prm, fs, is_, t):
 @njit(cache=True, inline="always")
 def side_limits(prm, inv_bid, inv_ask, bp, bsz, ap, asz):
     """The inventory rule with each side's worst-case inventory (a no-op in the design model)."""
-    if not (inv_bid + bsz <= prm[P_LIMIT] + EPS):
+    return _side_limits(prm[P_LIMIT], inv_bid, inv_ask, bp, bsz, ap, asz)
+
+
+@njit(cache=True, inline="always")
+def _side_limits(limit, inv_bid, inv_ask, bp, bsz, ap, asz):
+    if not (inv_bid + bsz <= limit + EPS):
         bsz = 0.0
-    if not (inv_ask - asz >= -prm[P_LIMIT] - EPS):
+    if not (inv_ask - asz >= -limit - EPS):
         asz = 0.0
     return bp, bsz, ap, asz
 
 
 @njit(cache=True, inline="always")
-def decide(bk, prm, fs, is_, pi, pf, d, t, s0, s1, s2, s3, raw, log_i, log_f):
-    """Quotes decided at time ``t`` after row ``d`` from signals (m̂, ŝ, v̂, η) or ``raw`` quotes,
-    inventory rule applied. Orders still in flight that reach the exchange before row ``d + 1``
-    are placed first (as ``advance`` would at row ``d + 1``; this keeps the FIFO short when many
-    clock decisions fall between two rows). The design model decides on the inventory before
-    them; the hftbacktest model after them (its trader knows they arrived: they count as resting)."""
-    known, inv_b, inv_a = trader_inventory(prm, fs, is_, t)
-    for side in range(2):
-        if is_[I_PC0 + 2 * side] > 0:
-            log_i, log_f = _activate(bk, prm, fs, is_, pi, pf, side, d + 1, log_i, log_f)
-    if prm[P_HFT] > 0:
-        known, inv_b, inv_a = trader_inventory(prm, fs, is_, t)
-    if raw:
-        bp, bs, ap, as_ = _limit_raw(prm, known, np.int64(s0), s1, np.int64(s2), s3)
-    else:
-        bp, bs, ap, as_ = quote(prm, bk[1][d, 0], bk[3][d, 0], known, s0, s1, s2, s3)
-    bp, bs, ap, as_ = side_limits(prm, inv_b, inv_a, bp, bs, ap, as_)
-    return bp, bs, ap, as_, log_i, log_f
+def _submit(ts, prm, is_, pi, pf, d, bid_px, bid_sz, ask_px, ask_sz, t):
+    """Send quotes decided at time ``t`` after row ``d``: both sides (size 0 = withdraw) join the
+    pending FIFO."""
+    a = activation_row(ts, prm[P_LATNS] > 0 or prm[P_HFT] > 0, prm[P_HFT] > 0, np.int64(prm[P_LATNS]),
+                       np.int64(prm[P_LAT]), d, t)
+    _push(is_, pi, pf, a, bid_px, bid_sz, ask_px, ask_sz)
 
 
 @njit(cache=True, inline="always")
-def submit(bk, prm, fs, is_, pi, pf, d, bid_px, bid_sz, ask_px, ask_sz, t):
-    """Send quotes decided at time ``t`` after row ``d``: both sides (size 0 = withdraw) join the
-    pending FIFO."""
-    a = activation_row(bk[0], prm, d, t)
+def _push(is_, pi, pf, a, bid_px, bid_sz, ask_px, ask_sz):
+    """Both sides' orders, live from row ``a``, join the pending FIFO."""
     for side in range(2):
         h = is_[I_PH0 + 2 * side]
         c = is_[I_PC0 + 2 * side]
@@ -350,6 +292,172 @@ def submit(bk, prm, fs, is_, pi, pf, d, bid_px, bid_sz, ask_px, ask_sz, t):
         is_[I_PC0 + 2 * side] = c + 1
 
 
+@njit(cache=True)
+def _run(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, pi, pf, r1,
+         dec_rows, dec_ts, sig, raw, j0, j1, send, qout, log_i, log_f, eq, inv, base):
+    """THE loop, one account: rows ``is_[I_ROW] .. r1-1`` and the decisions ``j0 .. j1-1``.
+
+    Decision ``j`` (quotes decided at time ``dec_ts[j]`` after row ``d = dec_rows[j]`` from
+    ``sig[j]`` = (m̂, ŝ, v̂, η) or, with ``raw``, the quotes) is taken once row ``d`` is processed
+    (or when no rows are left): orders still in flight that reach the exchange before row
+    ``d + 1`` are placed first (as row ``d + 1`` would; this keeps the FIFO short when many clock
+    decisions fall between two rows). The design model decides on the inventory before them; the
+    hftbacktest model after them (its trader knows they arrived: they count as resting). Its
+    quotes (inventory rule applied) go to ``qout[j]`` when ``qout`` has that row, and with
+    ``send`` into the pending FIFO.
+
+    Row ``r``: orders due at ``r`` become live, each live side is matched, then equity (ticks) /
+    inventory are written at ``r - base`` when ``eq`` is non-empty. The pre-filter: a live bid at
+    ``P`` can only fill if a print at ``<= P`` or the best ask ``<= P`` occurs (asks mirror), so
+    the common row skips :func:`_match`, whose depth cap catches up over the skipped rows.
+    Everything is written here with the arrays as locals (no helper takes the book, which would
+    cost reference counting per call); fills go through :func:`_log_fill`, the log grows between
+    rows. Returns ``(log_i, log_f, next decision)``."""
+    msg = prm[P_MSGS] > 0
+    hft = prm[P_HFT] > 0
+    post_only = prm[P_POSTONLY] > 0
+    unknown = 0.0 if hft else np.inf  # displayed size beyond a full view (see level_size)
+    resp, limit = np.int64(prm[P_RESPNS]), prm[P_LIMIT]
+    timed, latns, lat = prm[P_LATNS] > 0 or hft, np.int64(prm[P_LATNS]), np.int64(prm[P_LAT])
+    rec = eq.shape[0] > 0
+    nlog = log_i.shape[0]  # 0: no log
+    r = is_[I_ROW]
+    j = j0
+    d, t = np.int64(0), np.int64(0)
+    known, inv_b, inv_a = 0.0, 0.0, 0.0
+    while True:
+        dec = j < j1 and (dec_rows[j] < r or r >= r1)
+        if not dec and r >= r1:
+            break
+        if is_[I_NLOG] + ROOM > nlog > 0:
+            log_i, log_f = _grow(log_i, log_f, is_[I_NLOG])
+            nlog = log_i.shape[0]
+        x = r  # orders due at row x reach the exchange now (they see row x - 1)
+        if dec:
+            d, t = dec_rows[j], dec_ts[j]
+            x = d + 1
+            known, inv_b, inv_a = _inventories(hft, resp, fs, is_, t)
+        for side in range(2):
+            h = is_[I_PH0 + 2 * side]
+            if is_[I_PC0 + 2 * side] == 0 or pi[side, h, 0] > x:
+                continue
+            SZ = F_BSZ + 2 * side
+            PX = I_BPX + side
+            c = is_[I_PC0 + 2 * side]
+            while c > 0 and pi[side, h, 0] <= x:  # FIFO: activation rows are non-decreasing
+                px = pi[side, h, 1]
+                size = pf[side, h]
+                h = (h + 1) % PEND_CAP
+                c -= 1
+                if size <= 0:  # withdraw this side
+                    fs[SZ] = 0.0
+                    continue
+                if fs[SZ] > 0 and is_[PX] == px and size <= fs[SZ] + EPS and not hft:
+                    fs[SZ] = size  # same price, size not increased: a modify that keeps queue priority
+                    continue
+                fs[SZ] = 0.0  # cancel / replace (hftbacktest: always): a new order at the back of the queue
+                prev = x - 1
+                opp = apx[prev, 0] if side == 0 else bpx[prev, 0]
+                crosses = px >= opp if side == 0 else px <= opp
+                if crosses and post_only:
+                    continue  # post-only order rejected
+                is_[I_NPLACED] += 1
+                fs[F_QUOTED] += size
+                if crosses:  # taker: executes at the opposite best, whole size, taker fee
+                    _log_fill(fs, is_, side, x, ts[x], opp, size, prm[P_TAKER], True, log_i, log_f)
+                    is_[I_NFILLED] += 1
+                    continue
+                fs[SZ] = size
+                is_[PX] = px
+                is_[I_BHIT + side] = 0
+                is_[I_QR0 + side] = prev  # queue ahead known through row prev (see _match's depth cap)
+                if side == 0:
+                    fs[F_BQ] = level_size(bpx, bsz, prev, px, True, unknown)
+                else:
+                    fs[F_AQ] = level_size(apx, asz, prev, px, False, unknown)
+            is_[I_PH0 + 2 * side] = h
+            is_[I_PC0 + 2 * side] = c
+        if dec:
+            if hft:
+                known, inv_b, inv_a = _inventories(hft, resp, fs, is_, t)
+            if raw:
+                bp, bs, ap, as_ = _limit_raw(prm, known, np.int64(sig[j, 0]), sig[j, 1], np.int64(sig[j, 2]),
+                                             sig[j, 3])
+            else:
+                bp, bs, ap, as_ = quote(prm, bpx[d, 0], apx[d, 0], known, sig[j, 0], sig[j, 1], sig[j, 2],
+                                        sig[j, 3])
+            bp, bs, ap, as_ = _side_limits(limit, inv_b, inv_a, bp, bs, ap, as_)
+            if qout.shape[0] > j:
+                qout[j, 0] = bp
+                qout[j, 1] = bs
+                qout[j, 2] = ap
+                qout[j, 3] = as_
+            if send:
+                _push(is_, pi, pf, activation_row(ts, timed, hft, latns, lat, d, t), bp, bs, ap, as_)
+            j += 1
+            continue
+        live_b = fs[F_BSZ] > 0
+        live_a = fs[F_ASZ] > 0
+        if live_b or live_a:
+            if msg:  # LOBSTER: executions of visible (4) or hidden (5) orders
+                m = mt[r]
+                traded = m == 4 or m == 5
+                tp = mp[r]
+                tv = ms[r]
+                sd = np.int64(md[r])
+            else:
+                tv = tsz[r]
+                traded = tv > 0
+                tp = tpx[r]
+                sd = np.int64(tsd[r])
+            if live_b and (apx[r, 0] <= is_[I_BPX] or (traded and tp <= is_[I_BPX])):
+                _match(ts, bpx, bsz, apx, asz, prm, fs, is_, 0, r, tp, tv, sd, msg, log_i, log_f)
+            if live_a and (bpx[r, 0] >= is_[I_APX] or (traded and tp >= is_[I_APX])):
+                _match(ts, bpx, bsz, apx, asz, prm, fs, is_, 1, r, tp, tv, sd, msg, log_i, log_f)
+        if rec:
+            eq[r - base] = fs[F_CASH] + fs[F_INV] * 0.5 * (bpx[r, 0] + apx[r, 0])
+            inv[r - base] = fs[F_INV]
+        r += 1
+    if r1 > is_[I_ROW]:
+        is_[I_ROW] = r1
+    return log_i, log_f, j
+
+
+# the doors of rl.py / Engine: the same loop, with the book as the tuple of book_arrays()
+@njit(cache=True, inline="always")
+def advance(bk, prm, fs, is_, pi, pf, r1, log_i, log_f, eq, inv, base):
+    """Process rows ``is_[I_ROW] .. r1-1`` (no decisions); write equity (ticks) / inventory at
+    ``row - base`` when ``eq`` is non-empty. Returns the (possibly grown) fills log."""
+    no_i = np.zeros(0, np.int64)
+    no_q = np.zeros((0, 4))
+    log_i, log_f, _ = _run(bk[0], bk[1], bk[2], bk[3], bk[4], bk[5], bk[6], bk[7], bk[8], bk[9], bk[10], bk[11],
+                           prm, fs, is_, pi, pf, r1, no_i, no_i, no_q, False, 0, 0, False, no_q, log_i, log_f,
+                           eq, inv, base)
+    return log_i, log_f
+
+
+@njit(cache=True, inline="always")
+def decide(bk, prm, fs, is_, pi, pf, d, t, s0, s1, s2, s3, raw, log_i, log_f):
+    """Quotes decided at time ``t`` after row ``d`` (already processed) from signals (m̂, ŝ, v̂, η)
+    or ``raw`` quotes, inventory rule applied, as :func:`_run` decides; not sent (see
+    :func:`submit`). -> (bid_px, bid_sz, ask_px, ask_sz, log_i, log_f)."""
+    dec = np.full(1, d, np.int64)
+    dts = np.full(1, t, np.int64)
+    sig = np.empty((1, 4))
+    sig[0, 0], sig[0, 1], sig[0, 2], sig[0, 3] = s0, s1, s2, s3
+    q = np.zeros((1, 4))
+    log_i, log_f, _ = _run(bk[0], bk[1], bk[2], bk[3], bk[4], bk[5], bk[6], bk[7], bk[8], bk[9], bk[10], bk[11],
+                           prm, fs, is_, pi, pf, is_[I_ROW], dec, dts, sig, raw, 0, 1, False, q, log_i, log_f,
+                           np.zeros(0), np.zeros(0), 0)
+    return np.int64(q[0, 0]), q[0, 1], np.int64(q[0, 2]), q[0, 3], log_i, log_f
+
+
+@njit(cache=True, inline="always")
+def submit(bk, prm, fs, is_, pi, pf, d, bid_px, bid_sz, ask_px, ask_sz, t):
+    """:func:`_submit` with the book tuple."""
+    _submit(bk[0], prm, is_, pi, pf, d, bid_px, bid_sz, ask_px, ask_sz, t)
+
+
 @njit(cache=True, inline="always")
 def reset(fs, is_, row):
     fs[:] = 0.0
@@ -360,7 +468,7 @@ def reset(fs, is_, row):
 @njit(cache=True)
 def run_engine(bk, prm, dec_rows, sig, raw, ep_start, ep_end, dec_lo, dec_hi, log_i, log_f, eq, inv, base,
                dec_ts):
-    """The whole backtest in numba: episodes x decisions x rows.
+    """The whole backtest in numba: one :func:`_run` per episode.
 
     Episode ``e`` covers rows [ep_start[e], ep_end[e]) and decisions dec_lo[e]..dec_hi[e]-1; it
     starts flat and ends marked to the mid of its last row. ``sig[j]`` = (m̂, ŝ, v̂, η) or, with
@@ -373,18 +481,14 @@ def run_engine(bk, prm, dec_rows, sig, raw, ep_start, ep_end, dec_lo, dec_hi, lo
     pi = np.zeros((2, PEND_CAP, 2), np.int64)
     pf = np.zeros((2, PEND_CAP))
     out = np.zeros((ep_start.shape[0], NE))
+    no_q = np.zeros((0, 4))
     for e in range(ep_start.shape[0]):
         nlog = is_[I_NLOG]
         reset(fs, is_, ep_start[e])
         is_[I_NLOG] = nlog  # one fills log across episodes
-        for j in range(dec_lo[e], dec_hi[e]):
-            d = dec_rows[j]
-            if is_[I_ROW] <= d:
-                log_i, log_f = advance(bk, prm, fs, is_, pi, pf, d + 1, log_i, log_f, eq, inv, base)
-            bp, bs, ap, as_, log_i, log_f = decide(bk, prm, fs, is_, pi, pf, d, dec_ts[j], sig[j, 0],
-                                                   sig[j, 1], sig[j, 2], sig[j, 3], raw, log_i, log_f)
-            submit(bk, prm, fs, is_, pi, pf, d, bp, bs, ap, as_, dec_ts[j])
-        log_i, log_f = advance(bk, prm, fs, is_, pi, pf, ep_end[e], log_i, log_f, eq, inv, base)
+        log_i, log_f, _ = _run(bk[0], bk[1], bk[2], bk[3], bk[4], bk[5], bk[6], bk[7], bk[8], bk[9], bk[10],
+                               bk[11], prm, fs, is_, pi, pf, ep_end[e], dec_rows, dec_ts, sig, raw, dec_lo[e],
+                               dec_hi[e], True, no_q, log_i, log_f, eq, inv, base)
         last = ep_end[e] - 1
         out[e, E_CASH] = fs[F_CASH]
         out[e, E_INV] = fs[F_INV]

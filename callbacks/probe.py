@@ -83,14 +83,19 @@ class StudentProbeCallback(L.Callback):
 
     @staticmethod
     def _gather(pl_module, h, slices, y, idx):
-        """all_gather under DDP (ranks trimmed to the same length); rows concatenated by rank."""
-        n_min = int(pl_module.all_gather(torch.tensor([len(y)], device=pl_module.device)).min())
+        """all_gather under DDP: every rank's rows, padded to the longest for the collective and cut
+        back after, concatenated by rank (each window once)."""
+        ns = pl_module.all_gather(torch.tensor([len(y)], device=pl_module.device)).reshape(-1).cpu().tolist()
+        n_max = max(ns)
 
         def g(t, dim):
             if t is None:
                 return None
-            out = pl_module.all_gather(t.narrow(dim, 0, n_min).to(pl_module.device)).cpu()  # [W, ...]
-            return torch.cat(list(out.unbind(0)), dim=dim)
+            pad = list(t.shape)
+            pad[dim] = n_max - t.shape[dim]
+            t = torch.cat([t, t.new_zeros(pad)], dim) if pad[dim] else t
+            out = pl_module.all_gather(t.to(pl_module.device)).cpu()  # [W, ...]
+            return torch.cat([o.narrow(dim, 0, n) for o, n in zip(out.unbind(0), ns)], dim=dim)
 
         return g(h, 1), g(slices, 1), g(y, 0), g(idx, 0)
 

@@ -25,7 +25,8 @@ main config keys (see README for all; any key of the structured config can be ov
   data.window=32 data.horizon=10 data.stride=5
   teacher.model=smollm2-135m-instruct|HUB_ID|PATH   teacher.pooling=mean|last
   students.encoder=tcn|gru|mixer   moe.mode=uniform|gate|hajek|hajek_gate
-  trainer.accelerator=auto trainer.devices=1 trainer.strategy=auto   logger.kind=csv|wandb|none
+  trainer.accelerator=auto trainer.devices=1 trainer.strategy=auto trainer.num_nodes=1 (DDP: docs/scaling.md)
+  trainer.enable_progress_bar=true   logger.kind=csv|wandb|none logger.project=NAME logger.tags=[a,b]
 examples:
   python -m cmm_lightning fit
   python -m cmm_lightning fit --config conf/smoke.yaml run.dir=runs/smoke

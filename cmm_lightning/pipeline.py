@@ -75,6 +75,7 @@ class Run:
         windows = self.timed("prepare", lambda: build_windows(self.cfg.data))
         summary = windows.summary()
         summary["source"] = windows.book.source
+        self.data_summary = summary
         if self.rank_zero:
             write_json(self.dir / "data_summary.json", summary)
         self.report["data"] = {"source": summary["source"], "n_snapshots": summary["n_snapshots"],
@@ -91,7 +92,7 @@ class Run:
             "model": m["model"], "n_layers": m["n_layers"], "hidden_size": m["hidden_size"],
             "fingerprint": feats.fingerprint, "template": m["template"], "pooling": m["pooling"],
             "n_windows": m["N"], "windows_per_s": m["windows_per_s"], "tokens_per_s": m["tokens_per_s"],
-            "cache_hit": feats.hit,
+            "cache_hit": feats.hit, "path": str(feats.path),
         }
         from .loggers import log_scalars
 
@@ -211,7 +212,7 @@ class Run:
 def prepare(run: Run) -> None:
     """Load + validate + window the data; write ``data_summary.json`` and print a summary."""
     w = run.windows
-    s = read_json(run.dir / "data_summary.json")
+    s = run.data_summary
     nw = s["n_windows"]
     print(f"prepared {s['n_snapshots']:,} snapshots from {s['source']} in {run.timings['prepare']} s")
     print(f"windows: train {nw['train']:,}  val {nw['val']:,}  test {nw['test']:,}  (T={w.window}, h={w.horizon})")

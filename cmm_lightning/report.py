@@ -33,8 +33,30 @@ def print_summary(report: dict, run_dir: Path) -> None:
     if lat:
         lines.append(f"latency  teacher {_fmt(lat.get('teacher'), ',.0f')} µs · CMM {_fmt(lat.get('cmm'), '.1f')} µs "
                      f"per decision (×{_fmt(lat.get('ratio'), ',.0f')})")
-    lines.append("files    " + "  ".join(p for p in ("config.yaml", "report.json", "probe/probe.json",
-                                                         "probe/heatmap_<regime>.png", "backtest/equity.png",
-                                                         "checkpoints/cmm.pt")))
+    lines += _files(report, run_dir)
     lines.append(bar)
     print("\n".join(lines))
+
+
+def _files(report: dict, run_dir: Path) -> list[str]:
+    """Where the files went: the run folder's main outputs (those that exist), the teacher cache, the logs."""
+    def present(*names):
+        return [n for n in names if (run_dir / n).exists()]
+
+    heat = sorted(p.name for p in (run_dir / "probe").glob("heatmap_*.png"))
+    out = ["files    " + "  ".join(present("report.json", "config.yaml", "data_summary.json"))]
+    out.append("         " + "  ".join(present("probe/probe.json") + ([f"probe/{{{','.join(h[8:-4] for h in heat)}}}"
+                                                                      f".png"] if heat else [])
+                                        + present("backtest/equity.png", "checkpoints/cmm.pt", "rl")))
+    cache = report.get("teacher", {}).get("path") or report.get("teacher", {}).get("cache_dir")
+    if cache:
+        out.append(f"cache    {cache}")
+    lg = report.get("logger", {})
+    if lg.get("kind") == "csv" and lg.get("metrics"):
+        out.append(f"logs     {lg['metrics']}")
+    elif lg.get("kind") == "wandb":
+        where = lg.get("url") or lg.get("dir")
+        out.append(f"W&B      {'offline run ' if lg.get('offline') else ''}{where}")
+        if lg.get("sync"):
+            out.append(f"         upload later with: {lg['sync']}")
+    return out

@@ -114,11 +114,13 @@ class FillRate(_EpisodeMetric):
         self._push(float(n_filled_orders) / float(n_orders) if n_orders > 0 else 0.0)
 
 
-def market_metrics() -> MetricCollection:
-    """All episode metrics in one collection; ``update(equity=, inventory=, n_trades=, ...)``."""
+def market_metrics(sync_on_compute: bool = True) -> MetricCollection:
+    """All episode metrics in one collection; ``update(equity=, inventory=, n_trades=, ...)``.
+    ``sync_on_compute=False``: this process's episodes only (no gather across DDP ranks)."""
+    kw = {"sync_on_compute": sync_on_compute}
     return MetricCollection({
-        "epnl": EPnL(), "map": MAP(), "pnlmap": PnLMAP(), "sharpe": Sharpe(),
-        "max_drawdown": MaxDrawdown(), "n_trades": NTrades(), "fill_rate": FillRate(),
+        "epnl": EPnL(**kw), "map": MAP(**kw), "pnlmap": PnLMAP(**kw), "sharpe": Sharpe(**kw),
+        "max_drawdown": MaxDrawdown(**kw), "n_trades": NTrades(**kw), "fill_rate": FillRate(**kw),
     }, compute_groups=False)
 
 
@@ -139,7 +141,7 @@ def summarize_episodes(res) -> tuple[list, dict]:
     """Per-episode metric dicts and the aggregate for a :class:`~.engine.BacktestResult`."""
     from .engine import E_FEES, E_INV, E_NFILL, E_NFILLED, E_NPLACED, E_VOL
 
-    coll = market_metrics()
+    coll = market_metrics(sync_on_compute=False)  # one local engine result: its own episodes only
     per = []
     st = res.extra["episode_state"]
     tick = float(res.extra.get("tick_size", 1.0))

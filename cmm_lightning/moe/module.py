@@ -237,7 +237,8 @@ class HajekMoE(L.LightningModule):
         y = (batch["y"] - self.y_mean) / self.y_std
         loss = ((out["y"] - y) ** 2).mean()
         B = len(y)
-        self.log(f"{stage}/loss", loss, batch_size=B, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/loss", loss, batch_size=B, on_step=stage == "train", on_epoch=True, prog_bar=True,
+                 sync_dist=True)  # epoch value: the mean over every rank's windows (DDP)
         if stage != "train":
             (self.val_metrics if stage == "val" else self.test_metrics).update(self.denorm_y(out["y"].detach()),
                                                                                batch["y"])
@@ -248,8 +249,8 @@ class HajekMoE(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
         if self.uses_hajek:
-            self.log("moe/kappa", self.kappa.detach(), on_step=False, on_epoch=True)
-        self.log("moe/tau", self.tau.detach(), on_step=False, on_epoch=True)
+            self.log("moe/kappa", self.kappa.detach(), on_step=False, on_epoch=True, sync_dist=True)
+        self.log("moe/tau", self.tau.detach(), on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def _epoch_start(self):
@@ -259,14 +260,17 @@ class HajekMoE(L.LightningModule):
     def _epoch_end(self, metrics, prefix: str):
         if metrics["r2"].update_called:
             for name, v in metrics.compute().items():
-                for k, t in enumerate(TASKS):
-                    self.log(f"{prefix}moe/{t}_{name}", v[k].float())
+                for k, t in enumerate(TASKS):  # torchmetrics already reduced over ranks: equal everywhere
+                    self.log(f"{prefix}moe/{t}_{name}", v[k].float(), sync_dist=True)
             metrics.reset()
+        if self._wsum is not None and self.trainer.world_size > 1:  # sums over every rank's windows
+            self._wsum = self.trainer.strategy.reduce(self._wsum.to(self.device), reduce_op="sum").cpu()
+            self._wcnt = self.trainer.strategy.reduce(self._wcnt.to(self.device), reduce_op="sum").cpu()
         if self._wsum is not None and self._wcnt[-1] > 0:
             for key, ws in self._weights_dict(self._wsum, self._wcnt).items():
                 tag = "weight" if key == "all" else f"weight_{key}"
-                for n, v in ws.items():
-                    self.log(f"{prefix}moe/{tag}/{n}", v)
+                for n, v in ws.items():  # sums reduced over ranks above: equal everywhere
+                    self.log(f"{prefix}moe/{tag}/{n}", v, sync_dist=True)
         self._wsum = None
 
     def on_validation_epoch_start(self):

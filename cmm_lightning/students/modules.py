@@ -279,7 +279,7 @@ class StudentsModule(L.LightningModule):
                           feat_kind=self.cfg["feat_loss"], teacher_mask=batch.get("teacher_mask"))
         B = len(y)
         train = stage == "train"
-        sync = not train  # val/test epoch values are means over every rank's windows (DDP)
+        sync = True  # epoch values are means over every rank's windows (DDP)
         self.log(f"{stage}/loss", parts["total"].mean(), batch_size=B, on_step=train, on_epoch=True, prog_bar=True,
                  sync_dist=sync)
         for k in ("feat", "task", "kd"):
@@ -308,8 +308,8 @@ class StudentsModule(L.LightningModule):
                 continue
             vals = coll.compute()
             for m, v in vals.items():
-                for k, t in enumerate(TASKS):
-                    self.log(f"{prefix}student/{n}/{t}_{m}", v[k].float())
+                for k, t in enumerate(TASKS):  # torchmetrics already reduced over ranks: equal everywhere
+                    self.log(f"{prefix}student/{n}/{t}_{m}", v[k].float(), sync_dist=True)
             coll.reset()
 
     def on_validation_epoch_end(self):

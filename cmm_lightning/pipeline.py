@@ -235,7 +235,6 @@ def probe(run: Run) -> None:
 
 def test(run: Run) -> None:
     """Test metrics (R², MSE, MAE per task) of every student, the MoE and its ablations."""
-    from .moe import HajekMoE  # noqa: F401  (import check: the stage needs the MoE package)
     from .students import evaluate
 
     dm = run.datamodule

@@ -134,7 +134,7 @@ class MarketConfig:
     maker_fee: float = 0.0  # per share traded, in currency (negative = rebate)
     taker_fee: float = 0.0
     episode_length: Optional[int] = None  # snapshots per episode (None: whole split)
-    # fill model details (docs/fill_model.md)
+    # fill model details (README, "Market making: quotes, fill model and metrics")
     latency_ns: int = 0  # > 0: latency in ns of exchange time (active at first row with ts >= t + latency_ns)
     lot_size: float = 1.0  # shares per lot; quote sizes are whole lots
     post_only: bool = False  # an order that crosses on arrival: False = taker fill, True = rejected
@@ -151,7 +151,7 @@ class MarketConfig:
 
 @dataclass
 class RLConfig:
-    """PPO market makers rl_ppo / cmm_rl on the backtest engine (market/rl.py, docs/rl.md)."""
+    """PPO market makers rl_ppo / cmm_rl on the backtest engine (market/rl.py; README, "RL market makers")."""
 
     enabled: bool = True
     timesteps: int = 20_000

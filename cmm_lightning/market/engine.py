@@ -1,6 +1,6 @@
 """Compiled market-making engine: one event loop over snapshots, two doors.
 
-The fill model (docs/fill_model.md has the formulas) is conservative and deterministic, in the
+The fill model (the README section "Market making: quotes, fill model and metrics" has the formulas) is conservative and deterministic, in the
 spirit of hftbacktest's risk-averse queue model. Our orders never move the replayed book.
 
 * An order decided at row ``d`` becomes active at row ``a`` = ``d + market.latency`` or, when

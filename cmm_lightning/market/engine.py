@@ -1,7 +1,8 @@
 """Compiled market-making engine: one event loop over snapshots, two doors.
 
 The fill model (formulas: the README section "Market making: quotes, fill model and metrics") is
-conservative and deterministic, in the spirit of hftbacktest's risk-averse queue model. Our orders never move the replayed book.
+conservative and deterministic, in the spirit of hftbacktest's risk-averse queue model.
+Our orders never move the replayed book.
 
 * An order decided at row ``d`` becomes active at row ``a`` = ``d + market.latency`` or, when
   ``market.latency_ns > 0``, the first row with ``ts[a] >= ts[d] + latency_ns`` (always ``a > d``).

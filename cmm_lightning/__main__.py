@@ -53,6 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """The CLI prints its own stage summaries and progress: mute Lightning's per-Trainer chatter
+    (device lines, tips), transformers' weight-loading bar and known-harmless warnings. Library
+    users who drive these packages themselves are unaffected."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    hf_logging.disable_progress_bar()
+    for pattern in (".*LeafSpec.*", ".*infer the batch indices.*", ".*exists and is not empty.*",
+                    ".*does not have many workers.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
@@ -67,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from . import pipeline
 
+        quiet_libraries()
         pipeline.run(args.command, cfg)
     except CMMInputError as e:
         print(f"error: {e}", file=sys.stderr)

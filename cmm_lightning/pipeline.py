@@ -196,6 +196,11 @@ class Run:
             save_cmm(model, self.dir / "checkpoints" / "cmm.pt")
         return model
 
+    @cached_property
+    def cmm_predictions(self) -> np.ndarray:
+        """[W, 3] predictions of the configured MoE for every window (cmm policy, cmm_rl observation)."""
+        return self.predict(self.moe[self.cfg.moe.mode], np.arange(len(self.windows.end)))
+
     def predict(self, module, ids: np.ndarray, batch: int = 2048) -> np.ndarray:
         """[len(ids), 3] predictions of a students/MoE module, in target units."""
         import torch
@@ -280,23 +285,19 @@ def _print_test_table(students: dict, moe_rep: dict) -> None:
 
 def _latency(run: Run) -> dict:
     """Per-decision latency at batch 1 on one CPU thread (or the GPU): teacher (prompt → features)
-    and CMM. One thread for both keeps the comparison fair and immune to oversubscribed cores."""
-    import torch
-
+    and CMM. The teacher's figure was measured when its features were extracted (``meta.json``);
+    it is measured here only for a cache written without it."""
     from .config import cache_dir as _cache_dir
     from .export import decision_latency_us
     from .teacher import load_teacher, measure_latency_us
     from .teacher.cache import target_device
 
     ids = run.windows.indices("test")[:8]
-    model, tok, _ = load_teacher(run.cfg.teacher, _cache_dir(run.cfg), target_device(run.cfg))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    teacher_us = run.teacher.meta.get("latency_us")
+    if teacher_us is None:
+        model, tok, _ = load_teacher(run.cfg.teacher, _cache_dir(run.cfg), target_device(run.cfg))
         teacher_us = measure_latency_us(model, tok, run.windows, ids, run.cfg)
-    finally:
-        torch.set_num_threads(threads)
-    del model
+        del model
     cmm_us, _ = decision_latency_us(run.cmm, run.windows.inputs(ids[:1])[0])
     return {"teacher": teacher_us, "cmm": cmm_us, "ratio": round(teacher_us / cmm_us, 1)}
 
@@ -314,7 +315,7 @@ def policy_signals(run: Run) -> dict:
     sig = {}
     for name in want:
         if name == "cmm":
-            sig["cmm"] = predictions(run.predict(run.moe[run.cfg.moe.mode], test_ids), mcfg, vref)
+            sig["cmm"] = predictions(run.cmm_predictions[test_ids], mcfg, vref)
             for mode, module in run.moe.items():
                 if mode != run.cfg.moe.mode:
                     sig[f"cmm_{mode}"] = predictions(run.predict(module, test_ids), mcfg, vref)
@@ -337,9 +338,8 @@ def policy_signals(run: Run) -> dict:
     if run.cfg.rl.enabled:
         from .market.rl import rl_policies
 
-        all_ids = np.arange(len(w.end))
-        preds = run.predict(run.moe[run.cfg.moe.mode], all_ids)
-        sig.update(run.timed("rl", lambda: rl_policies(w, run.cfg, run.dir, preds=preds, logger=run.logger)))
+        sig.update(run.timed("rl", lambda: rl_policies(w, run.cfg, run.dir, preds=run.cmm_predictions,
+                                                       logger=run.logger)))
     return sig
 
 

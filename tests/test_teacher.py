@@ -18,13 +18,7 @@ from cmm_lightning.teacher.extract import (TeacherExtractor, agent_predictions, 
                                            tokenize_prompts)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Shared 2-core CI box: small matmuls with 2 contended OpenMP threads are ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ramp_book(n: int = 400, levels: int = 2) -> Book:

@@ -232,7 +232,9 @@ def cache_teacher(cfg, windows, cache_root: Path, ids: np.ndarray | None = None)
 def measure_latency_us(model, tokenizer, windows, idx: np.ndarray, cfg, repeats: int = 1) -> float:
     """Median µs per decision at batch 1: render one window's prompt → tokens → features.
 
-    The prefix KV cache (when enabled) is precomputed, as a live system would hold it.
+    The prefix KV cache (when enabled) is precomputed, as a live system would hold it. On a CPU
+    it runs on one thread, like the CMM's decision benchmark: a fair comparison, and immune to
+    oversubscribed cores (2 contended OpenMP threads were 10-40× slower here).
     """
     from .extract import TeacherExtractor, tokenize_prompts
 
@@ -244,14 +246,20 @@ def measure_latency_us(model, tokenizer, windows, idx: np.ndarray, cfg, repeats:
     dev = ext.prefix_ids.device
     idx = np.asarray(idx, dtype=np.int64)
     times = []
-    for j in range(-2, len(idx) * repeats):  # two warm-ups
-        i = idx[max(j, 0) % len(idx)]
-        t = time.perf_counter()
-        body = render_prompts(windows, np.array([i]), tc.template)
-        _, toks = tokenize_prompts(tokenizer, head, body, tail)
-        ext.pool(ext.hidden_states(torch.from_numpy(toks[0][None]).to(dev))).cpu()
-        if j >= 0:
-            times.append(time.perf_counter() - t)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        for j in range(-2, len(idx) * repeats):  # two warm-ups
+            i = idx[max(j, 0) % len(idx)]
+            t = time.perf_counter()
+            body = render_prompts(windows, np.array([i]), tc.template)
+            _, toks = tokenize_prompts(tokenizer, head, body, tail)
+            ext.pool(ext.hidden_states(torch.from_numpy(toks[0][None]).to(dev))).cpu()
+            if j >= 0:
+                times.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
     return round(float(np.median(times)) * 1e6, 1)
 
 

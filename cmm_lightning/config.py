@@ -114,6 +114,9 @@ class MoEConfig:
     patience: int = 4
     ablations: bool = True  # also train/evaluate the other modes for the report
     gate_hidden: int = 16  # g(x): MLP 2F -> gate_hidden -> S on (last snapshot, window mean)
+    fit_on: str = "val"  # val: stacking, fit on the first fit_frac of the val windows, early-stop on the rest
+    fit_frac: float = 0.5  # (the students never saw them); train: fit on the students' own train split
+    batch_size: int = 64  # the fusion's fit set is small (fit_on=val: ~600 windows by default)
 
 
 @dataclass
@@ -297,6 +300,7 @@ _CHOICES = {
     "students.feat_loss": ("nmse", "cosine"),
     "moe.mode": ("uniform", "gate", "hajek", "hajek_gate"),
     "moe.sigma": ("median", "learned"),
+    "moe.fit_on": ("train", "val"),
     "rl.action": ("discrete", "continuous"),
     "logger.kind": ("csv", "wandb", "none"),
 }

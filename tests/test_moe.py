@@ -166,3 +166,26 @@ def test_moe_logs_weights_per_student_and_regime(students, dm, tmp_path):
     total = sum(float(tr.callback_metrics[f"moe/weight/{n}"]) for n in moe.student_names)
     assert total == pytest.approx(1.0, abs=1e-4)
     assert {"val/loss", "moe/mid_r2", "moe/kappa", "moe/tau"} <= keys
+
+
+def test_stacking_view_fits_on_held_out_val_windows(dm):
+    """moe.fit_on=val: the MoE trains on the first half of val, early-stops on the rest after a gap."""
+    from cmm_lightning.errors import CMMInputError
+
+    w, val = dm.windows, dm.split_ids("val")
+    view = dm.stacking_view(0.5, batch_size=32)
+    fit, stop = view.split_ids("train"), view.split_ids("val")
+    assert set(fit) | set(stop) <= set(val) and not set(fit) & set(stop)
+    assert abs(len(fit) - len(val) / 2) <= 1
+    assert w.end[fit].max() + w.horizon <= w.end[stop].min()  # no target of one inside the other
+    assert len(val) - len(fit) - len(stop) <= w.horizon // 2 + 1  # the gap drops only a few windows
+    np.testing.assert_array_equal(view.split_ids("test"), dm.split_ids("test"))
+    batches = list(view.train_dataloader())
+    served = np.concatenate([b["index"].numpy() for b in batches])
+    assert sorted(served) == sorted(fit) and max(len(b["index"]) for b in batches) == 32
+    assert batches[0]["teacher"].shape[1:] == dm.teacher.shape[1:]  # the teacher features come along
+    with pytest.raises(CMMInputError, match="moe.fit_frac"):
+        dm.stacking_view(1.0)
+    tiny = dm.with_splits(val=val[:3])
+    with pytest.raises(CMMInputError, match="moe.fit_on=train"):
+        tiny.stacking_view(0.5)

@@ -1,5 +1,7 @@
 """PPO agents (stable-baselines3) on the market env: token training, checkpoint, fingerprint skip."""
 
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -66,10 +68,13 @@ def test_ppo_trains_checkpoints_and_skips(windows, tmp_path, monkeypatch):
     assert np.isfinite(res.metrics["pnlmap"])
 
 
-def test_rl_policies_with_cmm_predictions(windows, tmp_path):
+def test_rl_policies_with_cmm_predictions(windows, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where SB3 would make its folder
+    (tmp_path / "tmp").mkdir()
     cfg = load_config(overrides=TOKEN + ["rl.action=continuous"])
     preds = windows.targets.astype(np.float64)  # stand-in for the exported CMM's predictions
-    out = rl_policies(windows, cfg, tmp_path, preds=preds)
+    out = rl_policies(windows, cfg, tmp_path, preds=preds)  # no logger: nothing left in the temp folder
+    assert list((tmp_path / "tmp").glob("SB3-*")) == []
     assert list(out) == ["rl_ppo", "cmm_rl"]
     n_test = len(windows.indices("test"))
     for sig in out.values():

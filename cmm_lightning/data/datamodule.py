@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..errors import CMMInputError
 from .windows import WindowSet
 
 
@@ -125,11 +126,42 @@ class LOBDataModule(L.LightningDataModule):
         self.windows, self.batch_size, self.num_workers = windows, batch_size, num_workers
         self.teacher, self.regime, self.seed, self.teacher_only = teacher, regime, seed, teacher_only
         self.teacher_rows = None
+        self.split_override: dict[str, np.ndarray] = {}  # split -> window ids (see stacking_view)
         if teacher is not None:
             self.teacher_rows = np.full(len(windows.end), -1, dtype=np.int64)
             self.teacher_rows[np.asarray(teacher_ids)] = np.arange(len(teacher_ids))
 
+    def with_splits(self, batch_size: Optional[int] = None, **ids: np.ndarray) -> "LOBDataModule":
+        """A copy serving the given window ids for some splits (e.g. ``train=...``) in batches of
+        ``batch_size`` (default: this module's)."""
+        view = LOBDataModule(self.windows, batch_size or self.batch_size, self.num_workers, seed=self.seed,
+                             regime=self.regime, teacher_only=self.teacher_only)
+        view.teacher, view.teacher_rows = self.teacher, self.teacher_rows
+        view.split_override = {**self.split_override, **ids}
+        return view
+
+    def stacking_view(self, fit_frac: float = 0.5, batch_size: Optional[int] = None) -> "LOBDataModule":
+        """The data of a model stacked on frozen students (the MoE): its train split is the first
+        ``fit_frac`` of the val windows (in time), its val split the rest of them after a gap of
+        ``horizon`` snapshots (no target overlaps), its test split unchanged.
+
+        The students never trained on val, so the fusion learns how each of them does out of
+        sample; fitted on the train split it would learn their in-sample fit (they overfit it)."""
+        if not 0.0 < fit_frac < 1.0:
+            raise CMMInputError(f"config: moe.fit_frac={fit_frac} must lie in (0, 1)")
+        val = self.split_ids("val")
+        end = self.windows.end[val]
+        cut = end[min(int(fit_frac * len(val)), len(val) - 1)] if len(val) else 0
+        fit, stop = val[end < cut], val[end >= cut + self.windows.horizon]
+        if not (len(fit) and len(stop)):
+            raise CMMInputError(f"config: moe.fit_on=val needs more than the {len(val)} val windows to split at "
+                                f"moe.fit_frac={fit_frac} (use more data or moe.fit_on=train)")
+        return self.with_splits(batch_size, train=fit, val=stop)
+
     def split_ids(self, split: str, regime: Optional[int] = None) -> np.ndarray:
+        if split in self.split_override:
+            ids = self.split_override[split]
+            return ids if regime is None else ids[self.windows.regime[ids] == regime]
         ids = self.windows.indices(split)
         if self.teacher_only and self.teacher_rows is not None:
             ids = ids[self.teacher_rows[ids] >= 0]

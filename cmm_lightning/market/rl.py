@@ -481,8 +481,8 @@ def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
     val_env = VecMonitor(task.vec_env("val"))
     n_envs = train_env.num_envs
     model = PPO("MlpPolicy", train_env, seed=seed, device="cpu", verbose=0, **_ppo_kwargs(cfg, n_envs))
-    if logger:
-        model.set_logger(Logger(folder=None, output_formats=[_LightningWriter(logger, name)]))
+    # our own logger, also without one: SB3's default makes an empty /tmp/SB3-<time> folder per run
+    model.set_logger(Logger(folder=None, output_formats=[_LightningWriter(logger, name)] if logger else []))
     best_dir = out / f".{name}_best"
     shutil.rmtree(best_dir, ignore_errors=True)  # never load a best model left by a crashed run
     stop = StopTrainingOnNoModelImprovement(max_no_improvement_evals=int(cfg.rl.patience), min_evals=1)

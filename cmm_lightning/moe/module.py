@@ -10,7 +10,8 @@
 
 ``moe.mode``: ``uniform`` (w = 1/N), ``gate`` (w = softmax(g/τ), a classic MoE), ``hajek``
 (w = softmax(κc/τ)), ``hajek_gate`` (both). Only the parameters a mode uses are trained, on the
-task loss (MSE on standardized targets, mean over the three tasks).
+task loss (MSE on standardized targets, mean over the three tasks), by default on held-out val
+windows the students never saw (stacking, ``moe.fit_on=val``: see ``LOBDataModule.stacking_view``).
 
 Q_i starts as student i's own task head (plus small random extra dims), so at initialisation
 the kernel measures agreement of the students' predictions; training reshapes the space.
@@ -321,10 +322,14 @@ def train_moe(student_modules: Sequence, datamodule, cfg, run_dir, mode: Optiona
     """Train (or reuse / resume) the Hájek-MoE of ``mode`` over the given trained student modules.
 
     Checkpoints in ``run_dir/checkpoints/moe_<mode>/``; ``uniform`` over frozen students has
-    nothing to train and is only calibrated and saved.
+    nothing to train and is only calibrated and saved. With ``moe.fit_on=val`` (stacking) the
+    fusion trains on held-out val windows (:meth:`LOBDataModule.stacking_view`).
     """
     mcfg = plain(cfg.moe)
     mode = mode or mcfg["mode"]
+    bs = int(mcfg["batch_size"])
+    datamodule = (datamodule.stacking_view(float(mcfg["fit_frac"]), bs) if mcfg["fit_on"] == "val"
+                  else datamodule.with_splits(bs))
     fp = fingerprint_of("moe", mode, {k: v for k, v in mcfg.items() if k not in ("mode", "ablations")},
                         _modules_fingerprint(student_modules), data_fingerprint(datamodule), _trainer_kwargs(cfg),
                         int(cfg.run.seed), datamodule.batch_size, fingerprint)

@@ -145,7 +145,8 @@ def _policy():
         n = 0
         oid = 1
         tick = hbt.depth(0).tick_size
-        while hbt.elapse(interval) == 0:
+        while True:
+            done = hbt.elapse(interval) != 0  # the end of the data: record the last fills only
             open_buy = 0.0
             open_sell = 0.0
             values = hbt.orders(0).values()
@@ -157,13 +158,15 @@ def _policy():
                     fills[n].px = o.exec_price_tick
                     fills[n].qty = o.exec_qty
                     n += 1
-                elif o.status == NEW or o.req == NEW:
+                elif not done and (o.status == NEW or o.req == NEW):
                     if o.side == BUY:
                         open_buy += o.leaves_qty
                     else:
                         open_sell += o.leaves_qty
                     if o.status == NEW and o.req == NONE:
                         hbt.cancel(0, o.order_id, False)
+            if done:
+                return n
             hbt.clear_inactive_orders(0)
             pos = hbt.position(0)
             depth = hbt.depth(0)
@@ -173,16 +176,6 @@ def _policy():
             if -pos + open_sell + size <= limit:
                 hbt.submit_sell_order(0, oid, (depth.best_ask_tick + 1) * tick, size, GTX, LIMIT, False)
                 oid += 1
-        values = hbt.orders(0).values()
-        while values.has_next():
-            o = values.get()
-            if o.status == FILLED:
-                fills[n].ts = o.exch_timestamp
-                fills[n].side = o.side
-                fills[n].px = o.exec_price_tick
-                fills[n].qty = o.exec_qty
-                n += 1
-        return n
 
     _POLICY = policy
     return policy
@@ -223,8 +216,7 @@ def run_hftbacktest(events: np.ndarray, *, interval_ns: int = 100_000_000, size:
                  final_mid_ticks=0.5 * (depth.best_bid_tick + depth.best_ask_tick), elapsed_s=elapsed,
                  build_s=build)
     hbt.close()
-    fills = np.sort(fills[:n], order=["ts", "side"])
-    return fills, state
+    return sort_fills(fills[:n]), state
 
 
 def pnl_from_fills(fills: np.ndarray, final_mid_ticks: float, tick_size: float = 0.01,
@@ -238,18 +230,49 @@ def pnl_from_fills(fills: np.ndarray, final_mid_ticks: float, tick_size: float =
     return dict(n_fills=len(fills), position=position, cash_ticks=cash_ticks, fee=fee, pnl=pnl)
 
 
+def sort_fills(fills: np.ndarray) -> np.ndarray:
+    """Fills in (ts, side, px, qty) order (what ``np.sort(fills, order=["ts", "side"])`` gives, ~10x faster)."""
+    return fills[np.lexsort((fills["qty"], fills["px"], fills["side"], fills["ts"]))]
+
+
 def same_fills(a: np.ndarray, b: np.ndarray) -> bool:
     """Fill for fill: same count and identical (ts, side, px, qty) in (ts, side) order."""
     return len(a) == len(b) and all(np.array_equal(a[k], b[k]) for k in FILL_DTYPE.names)
 
 
 # ----------------------------------------------------------------------------- our engine
-def decision_grid(ts: np.ndarray, interval_ns: int):
-    """hftbacktest's clock: ``t_k = ts[0] + k * interval`` (k >= 1, t_k <= ts[-1]) and the local
-    book row each decision sees (last row with ``ts <= t_k``)."""
-    k = np.arange(1, (int(ts[-1]) - int(ts[0])) // int(interval_ns) + 1, dtype=np.int64)
-    dec_ts = ts[0] + k * np.int64(interval_ns)
-    return dec_ts, np.searchsorted(ts, dec_ts, side="right") - 1
+@njit(cache=True)
+def _clock_quotes(ts, bid_px, ask_px, interval, size, dec_ts, rows, q):
+    """One merge pass over rows and clock: ``dec_ts[k] = ts[0] + (k+1)·interval``, ``rows[k]`` =
+    last row with ``ts <= dec_ts[k]``, ``q[k]`` = (best bid − 1, size, best ask + 1, size) of that
+    row. The outputs come from NumPy (huge pages: ~4x faster to first touch than numba's)."""
+    n = ts.shape[0]
+    r = 0
+    bid, ask = bid_px[0, 0], ask_px[0, 0]
+    for k in range(dec_ts.shape[0]):
+        t = ts[0] + (k + 1) * interval
+        while r + 1 < n and ts[r + 1] <= t:
+            r += 1
+            bid, ask = bid_px[r, 0], ask_px[r, 0]  # every row: a stream the prefetcher follows
+        dec_ts[k] = t
+        rows[k] = r
+        q[k, 0] = bid - 1
+        q[k, 1] = size
+        q[k, 2] = ask + 1
+        q[k, 3] = size
+
+
+def policy_decisions(book, interval_ns: int, size: float = 100.0):
+    """The policy on hftbacktest's clock -> ``(dec_ts, rows, quotes [D, 4])``: decisions at
+    ``t_k = ts[0] + k * interval`` (k >= 1, t_k <= ts[-1]), each seeing the local book row
+    ``rows[k]`` (last row with ``ts <= t_k``) and quoting ``size`` at its best bid − 1 / best ask + 1
+    (ticks), as ``run_backtest(..., raw_quotes=True, decision_ts=dec_ts)`` takes them."""
+    ts = np.ascontiguousarray(book.ts, np.int64)
+    K = (int(ts[-1]) - int(ts[0])) // int(interval_ns)
+    dec_ts, rows, q = np.empty(K, np.int64), np.empty(K, np.int64), np.empty((K, 4))
+    _clock_quotes(ts, np.ascontiguousarray(book.bid_px, np.int64), np.ascontiguousarray(book.ask_px, np.int64),
+                  np.int64(interval_ns), float(size), dec_ts, rows, q)
+    return dec_ts, rows, q
 
 
 def run_ours(book, *, interval_ns: int = 100_000_000, size: float = 100.0, limit: float = 500.0,
@@ -260,12 +283,7 @@ def run_ours(book, *, interval_ns: int = 100_000_000, size: float = 100.0, limit
     from cmm_lightning.config import MarketConfig
     from cmm_lightning.market.engine import run_backtest
 
-    dec_ts, rows = decision_grid(book.ts, interval_ns)
-    q = np.empty((len(rows), 4))
-    q[:, 0] = book.bid_px[rows, 0] - 1
-    q[:, 1] = size
-    q[:, 2] = book.ask_px[rows, 0] + 1
-    q[:, 3] = size
+    dec_ts, rows, q = policy_decisions(book, interval_ns, size)
     cfg = MarketConfig(fill_model="hftbacktest", latency_ns=int(entry_ns), response_latency_ns=int(resp_ns),
                        inventory_limit=limit, maker_fee=maker_fee, taker_fee=taker_fee, min_size=1,
                        max_size=max(size, 1), lot_size=1.0)
@@ -276,4 +294,4 @@ def run_ours(book, *, interval_ns: int = 100_000_000, size: float = 100.0, limit
     f = res.fills
     out = np.zeros(len(f), FILL_DTYPE)
     out["ts"], out["side"], out["px"], out["qty"] = f["ts"], f["side"], f["price"], f["size"]
-    return np.sort(out, order=["ts", "side"]), 0.5 * float(book.bid_px[-1, 0] + book.ask_px[-1, 0])
+    return sort_fills(out), 0.5 * float(book.bid_px[-1, 0] + book.ask_px[-1, 0])

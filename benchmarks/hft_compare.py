@@ -6,11 +6,11 @@
 Both engines run the same fixed-spread policy (hft_common.py) on the same book: hftbacktest
 2.4.x on the converted event array (``HashMapMarketDepthBacktest``, risk-averse queue,
 no partial fills, constant order latency), ours with ``market.fill_model=hftbacktest``. A bare
-numba loop that only reads every row (best prices, trade fields) is the floor; "fused" is the
-same fill model written as one fused loop (hft_fused_loop.py, a speed reference only). Rows are
-LOBSTER rows (messages); the day tiled xN shifts each copy's timestamps past the previous one.
+numba loop that only reads every row (best prices, trade fields) is the floor. Rows are LOBSTER
+rows (messages); the day tiled xN shifts each copy's timestamps past the previous one.
 Timings exclude reading the CSVs and converting; hftbacktest's time is its policy loop only
-(its asset build is printed apart), ours is decision grid + quotes + the compiled run.
+(its asset build is printed apart), ours is the policy's clock + quotes (``policy_decisions``)
++ ``run_backtest`` (input checks, the compiled run, the fills table).
 Best of ``--repeats`` after a warm-up run (JIT compile) on a small slice.
 """
 
@@ -27,7 +27,6 @@ from numba import njit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hft_common import (book_to_events, pnl_from_fills, run_hftbacktest, run_ours,  # noqa: E402
                         same_fills, tile_book)
-from hft_fused_loop import run_fused  # noqa: E402
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "lobster"
 
@@ -79,7 +78,6 @@ def main(argv=None):
     warm = day.slice(0, 5000)  # JIT warm-up of every path
     run_hftbacktest(book_to_events(warm), **pol)
     run_ours(warm, **pol)
-    run_fused(warm, **pol)
     bare_loop(warm.ts, warm.bid_px, warm.ask_px, warm.trade_px, warm.trade_sz, warm.trade_side)
 
     rows = []
@@ -93,22 +91,19 @@ def main(argv=None):
         fh, st = hft_runs[0]
         t_ours, res = best_of(lambda: run_ours(book, **pol), args.repeats)
         fo, mid = res
-        t_fused, ff = best_of(lambda: run_fused(book, **pol), args.repeats)
         t_bare, _ = best_of(lambda: bare_loop(book.ts, book.bid_px, book.ask_px, book.trade_px,
                                               book.trade_sz, book.trade_side), args.repeats)
         ph = pnl_from_fills(fh, st["final_mid_ticks"], maker_fee=args.maker_fee)
         po = pnl_from_fills(fo, mid, maker_fee=args.maker_fee)
-        agree = same_fills(fh, fo) and ph["pnl"] == po["pnl"] and same_fills(fh, ff)
+        agree = same_fills(fh, fo) and ph["pnl"] == po["pnl"]
         n = book.n
-        rows.append((name, n, len(events), t_conv, t_build, t_hft, t_ours, t_bare, ph, po, agree, t_fused))
+        rows.append((name, n, len(events), t_conv, t_build, t_hft, t_ours, t_bare, ph, po, agree))
 
-    print(f"\n{'':10} {'rows':>10} {'events':>10} | {'hftbacktest':>12} {'ours':>12} {'fused':>12} "
-          f"{'bare loop':>12} | {'ours/hft':>8} {'bare/ours':>9} {'fused/hft':>9} {'bare/fused':>10} | "
-          f"fills (hft, ours)  PnL $ (hft, ours)  agree")
-    for name, n, ne, t_conv, t_build, t_hft, t_ours, t_bare, ph, po, agree, t_fused in rows:
+    print(f"\n{'':10} {'rows':>10} {'events':>10} | {'hftbacktest':>12} {'ours':>12} {'bare loop':>12} | "
+          f"{'ours/hft':>8} {'bare/ours':>9} | fills (hft, ours)  PnL $ (hft, ours)  agree")
+    for name, n, ne, t_conv, t_build, t_hft, t_ours, t_bare, ph, po, agree in rows:
         print(f"{name:10} {n:>10,} {ne:>10,} | {n / t_hft / 1e6:>8.3f} M/s {n / t_ours / 1e6:>8.2f} M/s "
-              f"{n / t_fused / 1e6:>8.2f} M/s {n / t_bare / 1e6:>8.1f} M/s | {t_hft / t_ours:>7.1f}x "
-              f"{t_ours / t_bare:>8.1f}x {t_hft / t_fused:>8.1f}x {t_fused / t_bare:>9.1f}x | "
+              f"{n / t_bare / 1e6:>8.1f} M/s | {t_hft / t_ours:>7.1f}x {t_ours / t_bare:>8.1f}x | "
               f"{ph['n_fills']:>5} {po['n_fills']:>5}  {ph['pnl']:>9.2f} {po['pnl']:>9.2f}  {agree}")
     print("\nrows/s = LOBSTER rows / seconds (best of repeats). Not timed above: converting "
           + ", ".join(f"{r[0]} {r[3]:.2f} s" for r in rows) + "; hftbacktest asset build "
@@ -116,9 +111,7 @@ def main(argv=None):
     ok = all(r[10] for r in rows)
     fast = all(r[5] / r[6] >= 5 for r in rows)
     near = all(r[6] / r[7] <= 20 for r in rows)
-    print(f"targets: fills+PnL agree (hft, ours, fused) {ok}; ours >= 5x hftbacktest {fast}; "
-          f"ours within 20x of the bare loop {near}; fused: "
-          f"{all(r[5] / r[11] >= 5 for r in rows)}, {all(r[11] / r[7] <= 20 for r in rows)}")
+    print(f"targets: fills+PnL agree {ok}; ours >= 5x hftbacktest {fast}; ours within 20x of the bare loop {near}")
     return 0 if ok else 1
 
 

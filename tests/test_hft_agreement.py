@@ -160,11 +160,9 @@ A0 = [(103, 50.0), (104, 50.0)]  # we offer 104 behind 50
 
 def design(b, limit=500.0, **cfg):
     """Our default fill model, same policy, clock and latency (quotes from the row each decision sees)."""
-    from hft_common import decision_grid
+    from hft_common import policy_decisions
 
-    dts, rows = decision_grid(b.ts, TOY["interval_ns"])
-    q = np.stack([b.bid_px[rows, 0] - 1, np.full(len(rows), 100.0), b.ask_px[rows, 0] + 1,
-                  np.full(len(rows), 100.0)], axis=1).astype(float)
+    dts, rows, q = policy_decisions(b, TOY["interval_ns"], 100.0)
     c = MarketConfig(latency_ns=TOY["entry_ns"], inventory_limit=limit, min_size=1, max_size=1000, **cfg)
     res = run_backtest(b, rows, q, c, end_row=b.n, raw_quotes=True, decision_ts=dts, metrics=False)
     return [(int(f["ts"]), int(f["side"]), int(f["price"]), float(f["size"])) for f in res.fills]
@@ -248,11 +246,9 @@ def test_design_and_hftbacktest_models_differ_on_the_day(day):
     # shares, some partial) against hftbacktest's 57 whole 100-share fills
     sl = day.slice(0, 20_000)
     fo, _ = run_ours(sl, **POLICY)
-    from hft_common import decision_grid
+    from hft_common import policy_decisions
 
-    dts, rows = decision_grid(sl.ts, POLICY["interval_ns"])
-    q = np.stack([sl.bid_px[rows, 0] - 1, np.full(len(rows), 100.0), sl.ask_px[rows, 0] + 1,
-                  np.full(len(rows), 100.0)], axis=1).astype(float)
+    dts, rows, q = policy_decisions(sl, POLICY["interval_ns"], 100.0)
     c = MarketConfig(latency_ns=POLICY["entry_ns"], inventory_limit=500, min_size=1, max_size=1000,
                      post_only=True)
     res = run_backtest(sl, rows, q, c, end_row=sl.n, raw_quotes=True, decision_ts=dts, metrics=False)

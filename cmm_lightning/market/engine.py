@@ -32,7 +32,7 @@ from numba import njit
 
 from ..errors import CMMInputError
 from .quoting import (EPS, NP, P_DEPTHCAP, P_HFT, P_LAT, P_LATNS, P_LIMIT, P_LOT, P_MAKER, P_MSGS,
-                      P_PARTIAL, P_POSTONLY, P_RESPNS, P_TAKER, _limit_raw, params, quote)
+                      P_PARTIAL, P_POSTONLY, P_RESPNS, P_TAKER, P_TICK, _limit_raw, params, quote)
 
 # float state  [NF]
 F_CASH, F_INV, F_BSZ, F_BQ, F_ASZ, F_AQ, F_FEES, F_VOL, F_QUOTED, F_LFS0, F_LFS1 = range(11)
@@ -44,7 +44,10 @@ NI = 17  # I_NFILL counts this account's fills, I_NLOG the rows written to the f
 # I_LFT0/1 the exchange time of the last fill per side, I_QR0/1 the last row the depth cap saw
 # pending orders per side: a FIFO ring (activation rows are non-decreasing)
 PEND_CAP = 64
+NEVER = np.iinfo(np.int64).max  # activation row of an empty FIFO
 ROOM = 2 * PEND_CAP + 4  # most fills between two checks of the log's size (one row, or one decision)
+# what an order reaching the exchange does (see _arrive)
+GONE, KEEP, REJECT, TAKE, REST = range(5)
 # fills log columns: int64 [n, 4] and float64 [n, 3]
 L_ROW, L_TS, L_SIDE, L_PX = range(4)
 L_SIZE, L_FEE, L_TAKER = range(3)
@@ -54,13 +57,16 @@ NE = 9
 
 
 # --------------------------------------------------------------------------- kernels
-# One compiled loop (:func:`_run`) does rows, order activations and decisions with the book as
-# separate local arrays (never a tuple, and no helper that takes the book: numba reference-counts
-# every array it takes out of a tuple or hands to a helper, ~5-10 ns each, which used to cost
-# ~1 µs per decision). The common row costs a few loads: matching (:func:`_match`) runs only when
-# something printed at or through one of our prices or the opposite best reached it; fills go
-# through :func:`_log_fill`. Both doors (run_backtest; Engine and rl.py via advance / decide /
-# submit) run this same loop.
+# One compiled loop (:func:`_loop`) does rows, order activations and decisions with the book as
+# separate local arrays. Numba reference-counts an array (an atomic increment and decrement, ~10 ns)
+# whenever it takes it out of a tuple, passes it to an inlined helper whose control flow it cannot
+# see through (a loop with an early return), or reassigns it in a loop. So in the hot path the
+# book is never a tuple, helpers that take arrays are straight-line (or take scalars), the queue
+# ahead of a new order is read from the book only when a print first needs it, and the fills log
+# is grown between calls of the loop (:func:`_run`), never inside it. The common row costs a few
+# loads: matching (:func:`_match`) runs only when something printed at or through one of our
+# prices or the opposite best reached it; fills go through :func:`_log_fill`. Both doors
+# (run_backtest; Engine and rl.py via advance / decide / submit) run this same loop.
 @njit(cache=True, inline="always")
 def level_size(px, sz, r, price, is_bid, unknown):
     """Displayed size at ``price`` on one side of snapshot ``r`` (``px``/``sz`` are [N, L]; no row
@@ -160,6 +166,12 @@ def _match(ts, bpx, bsz, apx, asz, prm, fs, is_, side, r, tp, tv, sd, msg, log_i
     Q = F_BQ + 2 * side
     P = is_[I_BPX + side]
     rem = fs[SZ]
+    if np.isnan(fs[Q]):  # first print that needs it: queue ahead = displayed size at P on arrival
+        unknown = 0.0 if hft else np.inf
+        if side == 0:
+            fs[Q] = level_size(bpx, bsz, is_[I_QR0], P, True, unknown)
+        else:
+            fs[Q] = level_size(apx, asz, is_[I_QR1], P, False, unknown)
     if cap:  # the rows skipped since the last match: Q as the per-row rule leaves it at r - 1
         _depth_cap(bpx, bsz, apx, asz, prm, fs, is_, side, r - 1)
     through = False
@@ -214,19 +226,25 @@ def activation_row(ts, timed, strict, latns, lat, d, t):
     ``len(ts)``: never): ``d + latency`` snapshots, or with ``latency_ns`` the first row with
     ``ts >= t + latency_ns``; in the hftbacktest model the first row with ``ts > t + latency_ns``
     (market data stamped at the arrival time is processed before the order): ``timed`` =
-    ``latency_ns > 0`` or that model, ``strict`` = that model, ``latns``/``lat`` the latencies."""
-    if timed:
-        n = ts.shape[0]
-        ta = t + latns
-        a = d + 1
-        for _ in range(8):  # usually within a few rows: scan, then bisect
-            if a >= n or ts[a] > ta or (ts[a] == ta and not strict):
-                return a
-            a += 1
-        if strict:
-            return a + np.searchsorted(ts[a:], ta, side="right")
-        return a + np.searchsorted(ts[a:], ta)
-    return d + max(1, lat)
+    ``latency_ns > 0`` or that model, ``strict`` = that model, ``latns``/``lat`` the latencies.
+    One exit (no return inside a loop), so that inlining it costs no reference counting."""
+    if not timed:
+        return d + max(1, lat)
+    ta = t + latns
+    n = ts.shape[0]
+    a = d + 1
+    stop = min(n, d + 9)
+    while a < stop and (ts[a] < ta or (ts[a] == ta and strict)):  # usually within a few rows: scan
+        a += 1
+    if a == stop:  # then bisect the rest
+        hi = n
+        while a < hi:
+            mid = (a + hi) >> 1
+            if ts[mid] < ta or (ts[mid] == ta and strict):
+                a = mid + 1
+            else:
+                hi = mid
+    return a
 
 
 @njit(cache=True, inline="always")
@@ -240,18 +258,20 @@ def trader_inventory(prm, fs, is_, t):
     bid worst = inventory + unreported sells + resting bid, ask worst = inventory - unreported
     buys - resting ask. Exact when decisions are >= entry + response latency apart (then at most
     one order per side is in flight, and only the last fill per side can be unreported)."""
-    return _inventories(prm[P_HFT] > 0, np.int64(prm[P_RESPNS]), fs, is_, t)
+    inv = fs[F_INV]
+    if prm[P_HFT] <= 0:
+        return inv, inv, inv
+    return _inventories(np.int64(prm[P_RESPNS]), inv, fs[F_LFS0], is_[I_LFT0], fs[F_LFS1], is_[I_LFT1],
+                        fs[F_BSZ], fs[F_ASZ], t)
 
 
 @njit(cache=True, inline="always")
-def _inventories(hft, resp, fs, is_, t):
-    """:func:`trader_inventory` with the parameters as scalars."""
-    inv = fs[F_INV]
-    if not hft:
-        return inv, inv, inv
-    unk_b = fs[F_LFS0] if is_[I_LFT0] + resp > t else 0.0
-    unk_a = fs[F_LFS1] if is_[I_LFT1] + resp > t else 0.0
-    return inv - unk_b + unk_a, inv + unk_a + fs[F_BSZ], inv - unk_b - fs[F_ASZ]
+def _inventories(resp, inv, lfs0, lft0, lfs1, lft1, bsz, asz, t):
+    """:func:`trader_inventory` in the hftbacktest model, from scalars: inventory, last fill size
+    and time per side, resting sizes."""
+    unk_b = lfs0 if lft0 + resp > t else 0.0
+    unk_a = lfs1 if lft1 + resp > t else 0.0
+    return inv - unk_b + unk_a, inv + unk_a + bsz, inv - unk_b - asz
 
 
 @njit(cache=True, inline="always")
@@ -293,10 +313,55 @@ def _push(is_, pi, pf, a, bid_px, bid_sz, ask_px, ask_sz):
         is_[I_PC0 + 2 * side] = c + 1
 
 
+@njit(cache=True, inline="always")
+def _arrive(hft, post_only, side, px, size, sz, P, opp):
+    """What an order (``px``, ``size``) reaching the exchange on ``side`` does, our resting order
+    there being (``P``, ``sz``) and ``opp`` the opposite best of the book it sees: GONE (size 0:
+    the side is withdrawn), KEEP (design model: same price, size not increased: a modify that keeps
+    queue priority), REJECT (it would take, post-only), TAKE (a taker fill of ``size`` at ``opp``),
+    REST (a new order at the back of the queue). All but KEEP cancel the resting order."""
+    what = REST
+    if size <= 0:
+        what = GONE
+    elif not hft and sz > 0 and P == px and size <= sz + EPS:
+        what = KEEP
+    elif (px >= opp) if side == 0 else (px <= opp):
+        what = REJECT if post_only else TAKE
+    return what
+
+
+@njit(cache=True, inline="always")
+def _rest(fs, is_, side, px, size, prev):
+    """A new order (``px``, ``size``) rests on ``side`` at the back of the queue. It saw the book of
+    row ``prev``, whose displayed size at ``px`` :func:`_match` reads as the queue ahead when a print
+    first needs it (NaN until then). Straight-line code: inlining it costs no reference counting."""
+    fs[F_BSZ + 2 * side] = size
+    is_[I_BPX + side] = px
+    is_[I_BHIT + side] = 0
+    is_[I_QR0 + side] = prev
+    fs[F_BQ + 2 * side] = np.nan
+
+
 @njit(cache=True)
 def _run(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, pi, pf, r1,
          dec_rows, dec_ts, sig, raw, j0, j1, send, qout, log_i, log_f, eq, inv, base):
-    """THE loop, one account: rows ``is_[I_ROW] .. r1-1`` and the decisions ``j0 .. j1-1``.
+    """THE loop, one account: rows ``is_[I_ROW] .. r1-1`` and the decisions ``j0 .. j1-1``
+    (:func:`_loop`), growing the fills log whenever the loop stops for room.
+    Returns ``(log_i, log_f, next decision)``."""
+    j = j0
+    while True:
+        j = _loop(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, pi, pf, r1,
+                  dec_rows, dec_ts, sig, raw, j, j1, send, qout, log_i, log_f, eq, inv, base)
+        if j >= 0:
+            return log_i, log_f, j
+        j = -j - 1
+        log_i, log_f = _grow(log_i, log_f, is_[I_NLOG])
+
+
+@njit(cache=True)
+def _loop(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, pi, pf, r1,
+          dec_rows, dec_ts, sig, raw, j0, j1, send, qout, log_i, log_f, eq, inv, base):
+    """Rows ``is_[I_ROW] .. r1-1`` and the decisions ``j0 .. j1-1`` of one account.
 
     Decision ``j`` (quotes decided at time ``dec_ts[j]`` after row ``d = dec_rows[j]`` from
     ``sig[j]`` = (m̂, ŝ, v̂, η) or, with ``raw``, the quotes) is taken once row ``d`` is processed
@@ -307,95 +372,118 @@ def _run(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, pi
     quotes (inventory rule applied) go to ``qout[j]`` when ``qout`` has that row, and with
     ``send`` into the pending FIFO.
 
-    Row ``r``: orders due at ``r`` become live, each live side is matched, then equity (ticks) /
-    inventory are written at ``r - base`` when ``eq`` is non-empty. The pre-filter: a live bid at
+    Row ``r``: orders due at ``r`` become live, each live side is matched, then equity (currency:
+    ticks x ``prm[P_TICK]``) / inventory are written at ``r - base`` when ``eq`` is non-empty. The pre-filter: a live bid at
     ``P`` can only fill if a print at ``<= P`` or the best ask ``<= P`` occurs (asks mirror), so
-    the common row skips :func:`_match`, whose depth cap catches up over the skipped rows.
-    Everything is written here with the arrays as locals (no helper takes the book, which would
-    cost reference counting per call); fills go through :func:`_log_fill`, the log grows between
-    rows. Returns ``(log_i, log_f, next decision)``."""
+    the common row skips :func:`_match`, which reads the queue ahead on arrival (left NaN by the
+    placement) and catches the depth cap up over the skipped rows.
+
+    Returns the next decision; or, when the fills log (non-empty) has less than ``ROOM`` rows
+    free, ``-(next decision) - 1`` with ``is_[I_ROW]`` at the next row: :func:`_run` grows the log
+    and calls again (an array reassigned inside the loop would be reference-counted on every
+    iteration)."""
     msg = prm[P_MSGS] > 0
     hft = prm[P_HFT] > 0
     post_only = prm[P_POSTONLY] > 0
-    unknown = 0.0 if hft else np.inf  # displayed size beyond a full view (see level_size)
+    taker_fee = prm[P_TAKER]
     resp, limit = np.int64(prm[P_RESPNS]), prm[P_LIMIT]
     timed, latns, lat = prm[P_LATNS] > 0 or hft, np.int64(prm[P_LATNS]), np.int64(prm[P_LAT])
-    rec = eq.shape[0] > 0
+    rec, tick = eq.shape[0] > 0, prm[P_TICK]
     nlog = log_i.shape[0]  # 0: no log
     r = is_[I_ROW]
     j = j0
     d, t = np.int64(0), np.int64(0)
     known, inv_b, inv_a = 0.0, 0.0, 0.0
+    tk_side, tk_px = 0, np.int64(0)
+    due = NEVER  # the earliest activation row in the pending FIFOs
+    for side in range(2):
+        if is_[I_PC0 + 2 * side] > 0:
+            due = min(due, pi[side, is_[I_PH0 + 2 * side], 0])
     while True:
         dec = j < j1 and (dec_rows[j] < r or r >= r1)
         if not dec and r >= r1:
             break
         if is_[I_NLOG] + ROOM > nlog > 0:
-            log_i, log_f = _grow(log_i, log_f, is_[I_NLOG])
-            nlog = log_i.shape[0]
+            is_[I_ROW] = r
+            return -j - 1
         x = r  # orders due at row x reach the exchange now (they see row x - 1)
         if dec:
             d, t = dec_rows[j], dec_ts[j]
             x = d + 1
-            known, inv_b, inv_a = _inventories(hft, resp, fs, is_, t)
-        for side in range(2):
-            h = is_[I_PH0 + 2 * side]
-            if is_[I_PC0 + 2 * side] == 0 or pi[side, h, 0] > x:
-                continue
-            SZ = F_BSZ + 2 * side
-            PX = I_BPX + side
-            c = is_[I_PC0 + 2 * side]
-            while c > 0 and pi[side, h, 0] <= x:  # FIFO: activation rows are non-decreasing
-                px = pi[side, h, 1]
-                size = pf[side, h]
-                h = (h + 1) % PEND_CAP
-                c -= 1
-                if size <= 0:  # withdraw this side
-                    fs[SZ] = 0.0
-                    continue
-                if fs[SZ] > 0 and is_[PX] == px and size <= fs[SZ] + EPS and not hft:
-                    fs[SZ] = size  # same price, size not increased: a modify that keeps queue priority
-                    continue
-                fs[SZ] = 0.0  # cancel / replace (hftbacktest: always): a new order at the back of the queue
-                prev = x - 1
-                opp = apx[prev, 0] if side == 0 else bpx[prev, 0]
-                crosses = px >= opp if side == 0 else px <= opp
-                if crosses and post_only:
-                    continue  # post-only order rejected
-                is_[I_NPLACED] += 1
-                fs[F_QUOTED] += size
-                if crosses:  # taker: executes at the opposite best, whole size, taker fee
-                    _log_fill(fs, is_, side, x, ts[x], opp, size, prm[P_TAKER], True, log_i, log_f)
-                    is_[I_NFILLED] += 1
-                    continue
-                fs[SZ] = size
-                is_[PX] = px
-                is_[I_BHIT + side] = 0
-                is_[I_QR0 + side] = prev  # queue ahead known through row prev (see _match's depth cap)
-                if side == 0:
-                    fs[F_BQ] = level_size(bpx, bsz, prev, px, True, unknown)
-                else:
-                    fs[F_AQ] = level_size(apx, asz, prev, px, False, unknown)
-            is_[I_PH0 + 2 * side] = h
-            is_[I_PC0 + 2 * side] = c
+            known = inv_b = inv_a = fs[F_INV]
+        while due <= x:  # a taker fill stops the pass; it is booked below, then the pass resumes
+            tk_size = 0.0
+            for side in range(2):
+                h = is_[I_PH0 + 2 * side]
+                c = is_[I_PC0 + 2 * side]
+                while c > 0 and pi[side, h, 0] <= x:  # FIFO: activation rows are non-decreasing
+                    px = pi[side, h, 1]
+                    size = pf[side, h]
+                    h = (h + 1) % PEND_CAP
+                    c -= 1
+                    opp = apx[x - 1, 0] if side == 0 else bpx[x - 1, 0]
+                    what = _arrive(hft, post_only, side, px, size, fs[F_BSZ + 2 * side], is_[I_BPX + side], opp)
+                    fs[F_BSZ + 2 * side] = size if what == KEEP else 0.0
+                    if what == TAKE or what == REST:
+                        is_[I_NPLACED] += 1
+                        fs[F_QUOTED] += size
+                    if what == REST:
+                        _rest(fs, is_, side, px, size, x - 1)
+                    if what == TAKE:  # taker: executes at the opposite best, whole size, taker fee
+                        tk_side, tk_px, tk_size = side, opp, size
+                        break
+                is_[I_PH0 + 2 * side] = h
+                is_[I_PC0 + 2 * side] = c
+                if tk_size > 0:
+                    break
+            due = NEVER
+            for side in range(2):
+                if is_[I_PC0 + 2 * side] > 0:
+                    due = min(due, pi[side, is_[I_PH0 + 2 * side], 0])
+            if tk_size > 0:  # (a call out of the FIFO loop: inside, it slows every pass by ~15%)
+                _log_fill(fs, is_, tk_side, x, ts[x], tk_px, tk_size, taker_fee, True, log_i, log_f)
+                is_[I_NFILLED] += 1
         if dec:
-            if hft:
-                known, inv_b, inv_a = _inventories(hft, resp, fs, is_, t)
-            if raw:
-                bp, bs, ap, as_ = _limit_raw(prm, known, np.int64(sig[j, 0]), sig[j, 1], np.int64(sig[j, 2]),
-                                             sig[j, 3])
-            else:
-                bp, bs, ap, as_ = quote(prm, bpx[d, 0], apx[d, 0], known, sig[j, 0], sig[j, 1], sig[j, 2],
-                                        sig[j, 3])
-            bp, bs, ap, as_ = _side_limits(limit, inv_b, inv_a, bp, bs, ap, as_)
-            if qout.shape[0] > j:
-                qout[j, 0] = bp
-                qout[j, 1] = bs
-                qout[j, 2] = ap
-                qout[j, 3] = as_
-            if send:
-                _push(is_, pi, pf, activation_row(ts, timed, hft, latns, lat, d, t), bp, bs, ap, as_)
-            j += 1
+            while True:  # decision j; then the next ones at row d, while each one's orders are the only due
+                if hft:
+                    known, inv_b, inv_a = _inventories(resp, fs[F_INV], fs[F_LFS0], is_[I_LFT0], fs[F_LFS1],
+                                                       is_[I_LFT1], fs[F_BSZ], fs[F_ASZ], t)
+                if raw:
+                    bp, bs, ap, as_ = _limit_raw(limit, known, np.int64(sig[j, 0]), sig[j, 1],
+                                                 np.int64(sig[j, 2]), sig[j, 3])
+                else:
+                    bp, bs, ap, as_ = quote(prm, bpx[d, 0], apx[d, 0], known, sig[j, 0], sig[j, 1], sig[j, 2],
+                                            sig[j, 3])
+                bp, bs, ap, as_ = _side_limits(limit, inv_b, inv_a, bp, bs, ap, as_)
+                if qout.shape[0] > j:
+                    qout[j, 0] = bp
+                    qout[j, 1] = bs
+                    qout[j, 2] = ap
+                    qout[j, 3] = as_
+                j += 1
+                if not send:
+                    break
+                a = activation_row(ts, timed, hft, latns, lat, d, t)
+                # a burst (clock decisions between two rows): when these orders arrive before row x, the
+                # FIFO is empty and the next decision comes first, its activation pass would place just
+                # them: do it here, without the FIFO round trip, unless one would take (the pass logs it)
+                wb, wa = TAKE, TAKE
+                if a <= x and j < j1 and dec_rows[j] == d and is_[I_PC0] == 0 and is_[I_PC1] == 0:
+                    wb = _arrive(hft, post_only, 0, bp, bs, fs[F_BSZ], is_[I_BPX], apx[x - 1, 0])
+                    wa = _arrive(hft, post_only, 1, ap, as_, fs[F_ASZ], is_[I_APX], bpx[x - 1, 0])
+                if wb == TAKE or wa == TAKE:
+                    _push(is_, pi, pf, a, bp, bs, ap, as_)
+                    due = min(due, a)
+                    break
+                for side in range(2):
+                    what, px, size = (wb, bp, bs) if side == 0 else (wa, ap, as_)
+                    fs[F_BSZ + 2 * side] = size if what == KEEP else 0.0
+                    if what == REST:
+                        is_[I_NPLACED] += 1
+                        fs[F_QUOTED] += size
+                        _rest(fs, is_, side, px, size, x - 1)
+                t = dec_ts[j]
+                known = inv_b = inv_a = fs[F_INV]
             continue
         live_b = fs[F_BSZ] > 0
         live_a = fs[F_ASZ] > 0
@@ -416,18 +504,17 @@ def _run(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, pi
             if live_a and (bpx[r, 0] >= is_[I_APX] or (traded and tp >= is_[I_APX])):
                 _match(ts, bpx, bsz, apx, asz, prm, fs, is_, 1, r, tp, tv, sd, msg, log_i, log_f)
         if rec:
-            eq[r - base] = fs[F_CASH] + fs[F_INV] * 0.5 * (bpx[r, 0] + apx[r, 0])
+            eq[r - base] = (fs[F_CASH] + fs[F_INV] * 0.5 * (bpx[r, 0] + apx[r, 0])) * tick
             inv[r - base] = fs[F_INV]
         r += 1
-    if r1 > is_[I_ROW]:
-        is_[I_ROW] = r1
-    return log_i, log_f, j
+    is_[I_ROW] = r
+    return j
 
 
 # the doors of rl.py / Engine: the same loop, with the book as the tuple of book_arrays()
 @njit(cache=True, inline="always")
 def advance(bk, prm, fs, is_, pi, pf, r1, log_i, log_f, eq, inv, base):
-    """Process rows ``is_[I_ROW] .. r1-1`` (no decisions); write equity (ticks) / inventory at
+    """Process rows ``is_[I_ROW] .. r1-1`` (no decisions); write equity (currency) / inventory at
     ``row - base`` when ``eq`` is non-empty. Returns the (possibly grown) fills log."""
     no_i = np.zeros(0, np.int64)
     no_q = np.zeros((0, 4))
@@ -528,7 +615,7 @@ def submit_many(bk, prm, FS, IS, PI, PF, rows, quotes, raw):
         t = bk[0][rows[e]]
         if raw:
             known, inv_b, inv_a = trader_inventory(prm, FS[e], IS[e], t)
-            bp, bs, ap, as_ = _limit_raw(prm, known, bp, bs, ap, as_)
+            bp, bs, ap, as_ = _limit_raw(prm[P_LIMIT], known, bp, bs, ap, as_)
             bp, bs, ap, as_ = side_limits(prm, inv_b, inv_a, bp, bs, ap, as_)
         submit(bk, prm, FS[e], IS[e], PI[e], PF[e], rows[e], bp, bs, ap, as_, t)
 
@@ -723,6 +810,30 @@ class BacktestResult:
         return out
 
 
+@njit(cache=True)
+def _check_decisions(dec, dts, ts):
+    """0 if the ``D >= 1`` decisions are valid; else 1 if the times ``dts`` are not strictly
+    increasing, else 2: a row lies outside the book ``ts``, the rows decrease (or, with no times,
+    repeat), or a time precedes its row's. ``dts`` empty: rows only. One branch-free pass."""
+    n = ts.shape[0]
+    bad_t, bad_r = False, False
+    pd = dec[0]
+    if dts.shape[0] > 0:
+        pt = dts[0] - 1
+        for k in range(dec.shape[0]):
+            d, t = dec[k], dts[k]
+            bad_r |= (d < pd) | (d < 0) | (d >= n) | (t < ts[min(max(d, 0), n - 1)])
+            bad_t |= t <= pt
+            pd, pt = d, t
+    else:
+        pd -= 1
+        for k in range(dec.shape[0]):
+            d = dec[k]
+            bad_r |= (d <= pd) | (d < 0) | (d >= n)
+            pd = d
+    return 1 if bad_t else (2 if bad_r else 0)
+
+
 def run_backtest(book, decision_rows, signals, market_cfg=None, episode_length=None, end_row=None,
                  raw_quotes: bool = False, decision_ts=None, metrics: bool = True) -> BacktestResult:
     """Replay ``book`` with quotes decided after each of ``decision_rows`` (increasing).
@@ -731,6 +842,8 @@ def run_backtest(book, decision_rows, signals, market_cfg=None, episode_length=N
     clock instead of at row times, e.g. every 100 ms as hftbacktest's ``elapse`` does (then a row
     may carry several decisions); latency in ns counts from it. ``metrics=False`` skips the
     episode metrics (``res.metrics`` stays empty), e.g. for throughput benchmarks.
+    ``res.decision_rows`` and ``res.extra['decision_ts']`` are views of the inputs when these are
+    contiguous int64 (no copy).
 
     ``signals`` [D, 4] = (m̂, ŝ, v̂, η) per decision (quoting.py), or with ``raw_quotes`` the quotes
     themselves (bid_px ticks, bid_size, ask_px ticks, ask_size; the inventory rule still applies).
@@ -746,29 +859,30 @@ def run_backtest(book, decision_rows, signals, market_cfg=None, episode_length=N
         raise CMMInputError("backtest: need at least one decision row")
     if sig.shape != (len(dec), 4):
         raise CMMInputError(f"backtest: signals must be [D, 4] with D={len(dec)}, got {sig.shape}")
+    bk = book_arrays(book)
     if decision_ts is None:
-        if (np.diff(dec) <= 0).any() or dec[0] < 0 or dec[-1] >= book.n:
+        if _check_decisions(dec, bk[0][:0], bk[0]) != 0:
             raise CMMInputError("backtest: decision rows must be strictly increasing and inside the book")
-        dts = np.ascontiguousarray(book.ts[dec], np.int64)
+        dts = bk[0][dec]
     else:
         dts = np.ascontiguousarray(decision_ts, np.int64)
-        if dts.shape != dec.shape or (np.diff(dts) <= 0).any():
+        bad = 1 if dts.shape != dec.shape else _check_decisions(dec, dts, bk[0])
+        if bad == 1:
             raise CMMInputError("backtest: decision_ts must be strictly increasing, one per decision row")
-        if (np.diff(dec) < 0).any() or dec[0] < 0 or dec[-1] >= book.n or (dts < book.ts[dec]).any():
+        if bad == 2:
             raise CMMInputError("backtest: decision rows must be non-decreasing, inside the book and "
                                 "not after their decision_ts")
     if episode_length is None:
         episode_length = getattr(market_cfg, "episode_length", None) if market_cfg is not None else None
     end = default_end_row(dec, book.n) if end_row is None else int(min(end_row, book.n))
-    keep = dec < end
-    dec, sig, dts = dec[keep], sig[keep], dts[keep]
+    keep = int(np.searchsorted(dec, end))  # sorted: the decisions before the end row are a prefix
+    dec, sig, dts = dec[:keep], sig[:keep], dts[:keep]
     eps = episode_bounds(int(dec[0]), end, episode_length)
     lo = np.searchsorted(dec, eps[:, 0])
     hi = np.searchsorted(dec, eps[:, 1])
     has = hi > lo
     eps, lo, hi = eps[has], lo[has], hi[has]
 
-    bk = book_arrays(book)
     prm = params(market_cfg, float(book.tick_size), has_messages=bk[8].shape[0] > 0)
     base = int(eps[0, 0])
     R = int(eps[-1, 1]) - base
@@ -780,7 +894,7 @@ def run_backtest(book, decision_rows, signals, market_cfg=None, episode_length=N
     n_fills = int(out[:, E_NFILL].sum())
     fills = fills_table(log_i, log_f, n_fills, tick)
     rows = np.arange(base, base + R, dtype=np.int64)
-    res = BacktestResult(rows=rows, ts=bk[0][base:base + R], equity=eq * tick, inventory=inv, fills=fills,
+    res = BacktestResult(rows=rows, ts=bk[0][base:base + R], equity=eq, inventory=inv, fills=fills,
                          decision_rows=dec, episodes=eps, episode_metrics=[], metrics={},
                          quotes_raw=bool(raw_quotes))
     res.extra["episode_state"] = out

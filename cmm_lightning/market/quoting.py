@@ -25,10 +25,11 @@ from numba import njit
 
 from ..errors import CMMInputError
 
-# engine parameter vector [NP] (float64): the quoting part first, then the fill model
+# engine parameter vector [NP] (float64): the quoting part first, then the fill model, then the
+# tick size (currency per tick: the engine's equity path is written in currency)
 (P_C, P_MIN, P_MAX, P_LIMIT, P_LOT, P_MAKER, P_TAKER, P_LAT, P_LATNS, P_POSTONLY,
- P_PARTIAL, P_DEPTHCAP, P_MSGS, P_HFT, P_RESPNS) = range(15)
-NP = 15
+ P_PARTIAL, P_DEPTHCAP, P_MSGS, P_HFT, P_RESPNS, P_TICK) = range(16)
+NP = 16
 FILL_MODELS = ("design", "hftbacktest")
 EPS = 1e-9  # floor/ceil tolerance: p − δ = 99.999999999 still quotes 100
 
@@ -57,11 +58,11 @@ def quote(prm, best_bid, best_ask, inv, m_hat, s_hat, v_hat, eta):
 
 
 @njit(cache=True, inline="always")
-def _limit_raw(prm, inv, bp, bsz, ap, asz):
-    """Raw quotes: only the inventory rule applies."""
-    if not (inv + bsz <= prm[P_LIMIT] + EPS) or bp <= 0:
+def _limit_raw(limit, inv, bp, bsz, ap, asz):
+    """Raw quotes: only the inventory rule applies (``limit`` = market.inventory_limit)."""
+    if not (inv + bsz <= limit + EPS) or bp <= 0:
         bsz = 0.0
-    if not (inv - asz >= -prm[P_LIMIT] - EPS):
+    if not (inv - asz >= -limit - EPS):
         asz = 0.0
     return bp, bsz, ap, asz
 
@@ -91,6 +92,7 @@ def params(cfg, tick_size: float, has_messages: bool = False) -> np.ndarray:
     if fill_model not in FILL_MODELS:
         raise CMMInputError(f"config: market.fill_model={fill_model!r} is not one of {', '.join(FILL_MODELS)}")
     prm[P_RESPNS] = float(_get(cfg, "response_latency_ns", 0))
+    prm[P_TICK] = float(tick_size)
     if fill_model == "hftbacktest":  # risk_adverse_queue_model + no_partial_fill_exchange + GTX quotes
         prm[P_HFT], prm[P_POSTONLY], prm[P_PARTIAL], prm[P_DEPTHCAP] = 1.0, 1.0, 0.0, 1.0
         if prm[P_LATNS] < 0 or prm[P_RESPNS] < 0:

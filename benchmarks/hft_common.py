@@ -253,7 +253,7 @@ def _clock_quotes(ts, bid_px, ask_px, interval, size, dec_ts, rows, q):
         t = ts[0] + (k + 1) * interval
         while r + 1 < n and ts[r + 1] <= t:
             r += 1
-            bid, ask = bid_px[r, 0], ask_px[r, 0]  # every row: a stream the prefetcher follows
+            bid, ask = bid_px[r, 0], ask_px[r, 0]  # read as the rows pass: one sequential stream
         dec_ts[k] = t
         rows[k] = r
         q[k, 0] = bid - 1

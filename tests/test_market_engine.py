@@ -272,6 +272,28 @@ def test_engine_door_matches_backtest_and_is_deterministic():
     np.testing.assert_array_equal(eng.inventory, res.inventory[rows - res.rows[0]])
 
 
+def test_clock_decisions_between_rows():
+    # rows at t = 0, 100, 200 (99/101); decisions every 10 ns from t = 10: nine after row 0, ten
+    # after row 1. Latency 5 ns: each decision's orders reach the exchange before the next row, so
+    # the next decision places them first (the engine does so without the pending FIFO). Quotes:
+    # bid 98 x10 / ask 102 x10, except at t = 50 a bid at 101, which crosses the best ask 101.
+    # design: the first pair rests (2 orders); the same price and size again is a modify (kept, not
+    # counted); the 101 bid reaches the exchange with the t = 60 decision: a taker buy of 10 @ 101 at
+    # row 1 (counted), then t = 60's bid 98 rests again (counted): 4 orders, equity 10 x (100 - 101).
+    # post_only: the crossing bid is rejected (and cancels the resting 98): 3 orders, no fill.
+    # hftbacktest model (post-only, cancel + new each time): all 38 orders but the crossing one.
+    b = make_book(bid=[99] * 3, ask=[101] * 3, ts=[0, 100, 200])
+    dts = np.arange(10, 200, 10, dtype=np.int64)
+    dec = np.where(dts < 100, 0, 1)
+    q = np.tile([98.0, 10.0, 102.0, 10.0], (len(dec), 1))
+    q[4, 0] = 101.0
+    for kw, n_orders, want in ((dict(), 4, [(1, 1, 101, 10.0)]), (dict(post_only=True), 3, []),
+                               (dict(fill_model="hftbacktest"), 37, [])):
+        res = run_backtest(b, dec, q, cfg(latency_ns=5, **kw), end_row=3, raw_quotes=True, decision_ts=dts)
+        assert fills(res) == want and res.fills["taker"].all()
+        assert res.episode_metrics[0]["n_orders"] == n_orders and res.metrics["epnl"] == (-10.0 if want else 0.0)
+
+
 def test_bad_inputs_are_clear():
     b = make_book(bid=[99] * 5, ask=[101] * 5)
     with pytest.raises(CMMInputError, match="latency"):

@@ -108,7 +108,8 @@ def _grow(log_i, log_f, n):
 @njit(cache=True)
 def _log_fill(fs, is_, side, row, ts, px, size, fee_per_share, taker, log_i, log_f):
     """Book one fill into cash/inventory and (when enabled) the fills log, which has room
-    (:func:`_run` grows it between rows). An ordinary call (not inlined): fills are rare."""
+    (:func:`_run` grows it between calls of :func:`_loop`). An ordinary call (not inlined): fills
+    are rare."""
     fee = fee_per_share * size
     if side == 0:
         fs[F_CASH] -= px * size + fee
@@ -373,10 +374,10 @@ def _loop(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, p
     ``send`` into the pending FIFO.
 
     Row ``r``: orders due at ``r`` become live, each live side is matched, then equity (currency:
-    ticks x ``prm[P_TICK]``) / inventory are written at ``r - base`` when ``eq`` is non-empty. The pre-filter: a live bid at
-    ``P`` can only fill if a print at ``<= P`` or the best ask ``<= P`` occurs (asks mirror), so
-    the common row skips :func:`_match`, which reads the queue ahead on arrival (left NaN by the
-    placement) and catches the depth cap up over the skipped rows.
+    ticks x ``prm[P_TICK]``) / inventory are written at ``r - base`` when ``eq`` is non-empty. The
+    pre-filter: a live bid at ``P`` can only fill if a print at ``<= P`` or the best ask ``<= P``
+    occurs (asks mirror), so the common row skips :func:`_match`, which reads the queue ahead on
+    arrival (left NaN by the placement) and catches the depth cap up over the skipped rows.
 
     Returns the next decision; or, when the fills log (non-empty) has less than ``ROOM`` rows
     free, ``-(next decision) - 1`` with ``is_[I_ROW]`` at the next row: :func:`_run` grows the log
@@ -440,11 +441,11 @@ def _loop(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, p
             for side in range(2):
                 if is_[I_PC0 + 2 * side] > 0:
                     due = min(due, pi[side, is_[I_PH0 + 2 * side], 0])
-            if tk_size > 0:  # (a call out of the FIFO loop: inside, it slows every pass by ~15%)
+            if tk_size > 0:  # logged out here: a call inside the FIFO loop slows every pass (~15%)
                 _log_fill(fs, is_, tk_side, x, ts[x], tk_px, tk_size, taker_fee, True, log_i, log_f)
                 is_[I_NFILLED] += 1
         if dec:
-            while True:  # decision j; then the next ones at row d, while each one's orders are the only due
+            while True:  # decision j, then (a burst, see below) the next ones at row d
                 if hft:
                     known, inv_b, inv_a = _inventories(resp, fs[F_INV], fs[F_LFS0], is_[I_LFT0], fs[F_LFS1],
                                                        is_[I_LFT1], fs[F_BSZ], fs[F_ASZ], t)

@@ -47,7 +47,6 @@ def main() -> None:
     cfg = load_config(overrides=[f"data.synthetic.n_snapshots={args.snapshots}"])
     w = build_windows(cfg.data)
     task = RLTask(w, cfg)
-    rng = np.random.default_rng(0)
     print(f"synthetic book {w.book.n:,} snapshots, train decisions {len(w.indices('train')):,}, "
           f"obs dim {task.observation_space.shape[0]}, action {cfg.rl.action}; {pinned}")
 

@@ -20,7 +20,6 @@ other encoders fall back to ``forward``. ``save_cmm`` / ``load_cmm`` round-trip 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 

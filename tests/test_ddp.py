@@ -182,7 +182,7 @@ def test_ddp_matches_one_process(runs):
 
 @pytest.mark.timeout(1200)
 def test_ddp_only_rank_zero_writes(runs):
-    (d1, out1), (d2, out2) = runs["one"], runs["two"]
+    (d1, _), (d2, out2) = runs["one"], runs["two"]
     assert out2.count("cmm_lightning fit finished") == 1  # one summary: rank 1 prints nothing
     assert "Initializing distributed: GLOBAL_RANK: 1" in out2  # (Lightning's log line: 2 processes ran)
     assert len(runs["two_dirs"]) == 1  # rank 1 wrote into rank 0's runs/<time>, made no folder of its own

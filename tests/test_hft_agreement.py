@@ -143,7 +143,6 @@ def test_day_tiled_twice_agrees(day):
 # ------------------------------------------------------------------------------ differences by design
 def book(rows, L=2):
     """rows: (ts, [(bid px, sz)] * L, [(ask px, sz)] * L, trade (px, sz, side) or None); ticks of $0.01."""
-    n = len(rows)
     arr = lambda k, j, dt: np.array([[lv[j] for lv in r[k]] for r in rows], dt)  # noqa: E731
     tr = [r[3] or (0, 0.0, 0) for r in rows]
     return Book(ts=np.array([r[0] for r in rows], np.int64), bid_px=arr(1, 0, np.int64), bid_sz=arr(1, 1, float),

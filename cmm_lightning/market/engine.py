@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import CMMInputError
-from .quoting import (EPS, NP, P_DEPTHCAP, P_HFT, P_LAT, P_LATNS, P_LIMIT, P_LOT, P_MAKER, P_MSGS,
+from .quoting import (EPS, P_DEPTHCAP, P_HFT, P_LAT, P_LATNS, P_LIMIT, P_LOT, P_MAKER, P_MSGS,
                       P_PARTIAL, P_POSTONLY, P_RESPNS, P_TAKER, P_TICK, _limit_raw, params, quote)
 
 # float state  [NF]

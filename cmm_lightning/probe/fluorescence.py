@@ -240,7 +240,7 @@ class ProbeResult:
     def summary(self) -> dict:
         """Per task: best layer over all regimes, its R², control, selectivity, raw R², beats raw."""
         ia = self.regimes.index("all")
-        out, raw, beats = {}, self.raw_best, self.beats_raw
+        out, beats = {}, self.beats_raw
         for k, t in enumerate(self.tasks):
             l = self.plan["best_layer"][t]
             row = {"best_layer": l, "r2": float(self.r2[l, k, ia]),

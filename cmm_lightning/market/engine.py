@@ -332,15 +332,21 @@ def _arrive(hft, post_only, side, px, size, sz, P, opp):
 
 
 @njit(cache=True, inline="always")
-def _rest(fs, is_, side, px, size, prev):
-    """A new order (``px``, ``size``) rests on ``side`` at the back of the queue. It saw the book of
-    row ``prev``, whose displayed size at ``px`` :func:`_match` reads as the queue ahead when a print
-    first needs it (NaN until then). Straight-line code: inlining it costs no reference counting."""
-    fs[F_BSZ + 2 * side] = size
-    is_[I_BPX + side] = px
-    is_[I_BHIT + side] = 0
-    is_[I_QR0 + side] = prev
-    fs[F_BQ + 2 * side] = np.nan
+def _book_arrival(fs, is_, side, what, px, size, prev):
+    """Book what an order (``px``, ``size``) reaching the exchange on ``side`` does (:func:`_arrive`):
+    KEEP resizes the resting order, anything else cancels it; TAKE and REST count as placed orders;
+    REST rests at the back of the queue. It saw the book of row ``prev``, whose displayed size at
+    ``px`` :func:`_match` reads as the queue ahead when a print first needs it (NaN until then). The
+    caller books a TAKE's fill. Straight-line code: inlining it costs no reference counting."""
+    fs[F_BSZ + 2 * side] = size if what == KEEP or what == REST else 0.0
+    if what == TAKE or what == REST:
+        is_[I_NPLACED] += 1
+        fs[F_QUOTED] += size
+    if what == REST:
+        is_[I_BPX + side] = px
+        is_[I_BHIT + side] = 0
+        is_[I_QR0 + side] = prev
+        fs[F_BQ + 2 * side] = np.nan
 
 
 @njit(cache=True)
@@ -424,12 +430,7 @@ def _loop(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, p
                     c -= 1
                     opp = apx[x - 1, 0] if side == 0 else bpx[x - 1, 0]
                     what = _arrive(hft, post_only, side, px, size, fs[F_BSZ + 2 * side], is_[I_BPX + side], opp)
-                    fs[F_BSZ + 2 * side] = size if what == KEEP else 0.0
-                    if what == TAKE or what == REST:
-                        is_[I_NPLACED] += 1
-                        fs[F_QUOTED] += size
-                    if what == REST:
-                        _rest(fs, is_, side, px, size, x - 1)
+                    _book_arrival(fs, is_, side, what, px, size, x - 1)
                     if what == TAKE:  # taker: executes at the opposite best, whole size, taker fee
                         tk_side, tk_px, tk_size = side, opp, size
                         break
@@ -478,11 +479,7 @@ def _loop(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, p
                     break
                 for side in range(2):
                     what, px, size = (wb, bp, bs) if side == 0 else (wa, ap, as_)
-                    fs[F_BSZ + 2 * side] = size if what == KEEP else 0.0
-                    if what == REST:
-                        is_[I_NPLACED] += 1
-                        fs[F_QUOTED] += size
-                        _rest(fs, is_, side, px, size, x - 1)
+                    _book_arrival(fs, is_, side, what, px, size, x - 1)  # never TAKE here
                 t = dec_ts[j]
                 known = inv_b = inv_a = fs[F_INV]
             continue

@@ -163,7 +163,7 @@ def test_features_match_a_plain_forward(tiny, pooling):
         hs = model.model(full, output_hidden_states=True).hidden_states
     own = torch.stack(hs, 1)[0, :, P:]  # [L+1, n, d]
     ref = own[:, -1] if pooling == "last" else own.mean(1)
-    np.testing.assert_allclose(outs[True][0].astype(np.float32), ref.numpy(), atol=2e-3, rtol=2e-3)
+    np.testing.assert_allclose(outs[True][0].astype(np.float32), ref.float().numpy(), atol=2e-3, rtol=2e-3)
 
 
 def test_parse_answer_is_robust():

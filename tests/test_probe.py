@@ -230,10 +230,39 @@ def test_raw_control_and_beats_raw(planted):
     res = planted.res
     assert set(res.raw_r2) == {"window"} and res.raw_r2["window"].shape == (3, 4)
     assert np.isfinite(res.raw_r2["window"]).all()
-    beats = res.beats_raw
-    np.testing.assert_array_equal(beats, res.r2 > np.maximum(res.raw_r2["window"][None], 0.0))
+    beats = res.beats_raw  # decided on val: val R² above the raw control's val R² (and 0)
+    np.testing.assert_array_equal(beats, res.r2_val > np.maximum(res.raw_r2_val["window"][None], 0.0))
     assert (res.raw_r2["window"][0] < 0.1).all()  # a random walk's next move is not in its window
     assert beats[[1, 3, 5], 0, [0, 1, 2]].all()  # ... but the planted layers hold it
+    summ = res.summary()
+    for k, t in enumerate(TASKS):  # the gain: the val-chosen layer's test R² minus the raw test R²
+        assert summ[t]["raw"] == "window" and summ[t]["raw_r2"] == pytest.approx(res.raw_r2["window"][k, IA])
+        assert summ[t]["gain"] == pytest.approx(summ[t]["r2"] - summ[t]["raw_r2"])
+    tp = res.test_predictions  # the gain's inputs: its test R² recomputed from the saved predictions
+    np.testing.assert_allclose(r2_score(tp["y"], tp["layer"]), [summ[t]["r2"] for t in TASKS], atol=1e-4)
+    np.testing.assert_allclose(r2_score(tp["y"], tp["raw"]), [summ[t]["raw_r2"] for t in TASKS], atol=1e-4)
+
+
+def test_everything_the_probe_chooses_is_blind_to_the_test_split(windows, planted):
+    """Test features and targets replaced by noise: the plan, λ, val R², readout and beats-raw are
+    the same values; only the test R² (what is reported) moves."""
+    w, ids, res = windows.w, windows.ids, planted.res
+    test = w.split[ids] == 2
+    rng = np.random.default_rng(9)
+    X = planted.X.copy()
+    X[test] = rng.normal(size=X[test].shape).astype(np.float16)
+    y = w.targets[ids].copy()
+    y[test] = rng.normal(size=y[test].shape)
+    raw = w.inputs(ids).reshape(len(ids), -1)
+    raw[test] = rng.normal(size=raw[test].shape)
+    other = run_probe(X, y, w.regime[ids], w.split[ids], raw_window=raw, cfg_probe=None)
+    assert other.plan == res.plan
+    np.testing.assert_array_equal(other.lam, res.lam)
+    np.testing.assert_array_equal(other.r2_val, res.r2_val)
+    np.testing.assert_array_equal(other.beats_raw, res.beats_raw)
+    for k in ("mean", "std", "weight", "bias"):
+        np.testing.assert_array_equal(getattr(other.readout_, k), getattr(res.readout_, k))
+    assert np.abs(other.r2 - res.r2).max() > 0.5  # the reported test R² did change
 
 
 def test_profile_grouping_recovers_planted_segments(windows):
@@ -312,7 +341,10 @@ def test_json_round_trip(planted, tmp_path):
     back = ProbeResult.load(tmp_path)
     np.testing.assert_allclose(back.r2, res.r2, atol=1e-5)
     np.testing.assert_allclose(back.F, res.F, atol=1e-5)
+    np.testing.assert_allclose(back.r2_val, res.r2_val, atol=1e-5)
     assert back.plan == res.plan
+    for k, v in res.test_predictions.items():
+        np.testing.assert_array_equal(back.test_predictions[k], v)
     np.testing.assert_array_equal(back.beats_raw, res.beats_raw)
     np.testing.assert_allclose(back.readout(planted.X), res.readout(planted.X), atol=1e-6)
 

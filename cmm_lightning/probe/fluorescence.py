@@ -1,18 +1,29 @@
-"""The normalized fluorescent probe (DESIGN §4): R², fluorescence F, selectivity, raw control, plan.
+"""The normalized fluorescent probe (docs/method.md, "Probe"): R², fluorescence F, selectivity,
+raw control, plan.
 
 For layer l, task t, regime r a ridge probe (``ridge.fit_ridge``) reads target t from layer l:
 
-    R²[l,t,r]    held-out R² on the test windows of regime r
+    R²[l,t,r]    held-out R² on the test windows of regime r (reported: the heatmaps)
+    R²_val[l,t,r] the same probe's R² on the val windows of regime r at its chosen λ (selects)
     F[l,t,r]     = max(0, R²[l,t,r]) / max_l' max(0, R²[l',t,r])     (F = 0 for the whole
-                   column when every R² ≤ 0: no layer lights up; the column then has no 1)
+                   column when every R² ≤ 0: no layer lights up; the column then has no 1);
+                   F_val the same on R²_val
     control      the same probe (fit and λ choice) on targets permuted within the train and
                  within the val windows (seeded), scored on the true test targets: neither the
                  weights nor λ ever see the true pairing (choosing λ on true val targets would
                  let a shuffled probe that happens to point along the signal score R² > 0)
     selectivity  = R² − R²_control
     raw_r2       the same ridge on the raw input: ``prompt`` (the numbers the prompt renders)
-                 and ``window`` (the full T x F window); a layer *beats raw* when its R² is
-                 above the larger of the two (and above 0).
+                 and ``window`` (the full T x F window), test R² (and ``raw_r2_val``, val R²);
+                 a layer *beats raw* when its val R² is above the larger val R² of the two
+                 (and above 0).
+
+Selection discipline: train fits, val chooses, test only reports. λ is chosen on val, and so is
+everything the probe decides: the plan (best layer per task and per regime, the ``profile``
+groups, read from F_val), ``best_layer`` and ``beats raw``. The test R² reported as "best layer
+R²" is the test score of the layer chosen on val; its val R² is optimistic (λ and the layer were
+both picked on it). The raw control the information gain is measured against is, per task and
+regime, the raw input (prompt or window) with the higher val R².
 
 Per-regime protocol: the probe for regime r is fit on the train windows of r (standardization
 statistics included), λ is chosen on the val windows of r, R² is measured on the test windows
@@ -196,14 +207,19 @@ def _none_to_nan(x):
 class ProbeResult:
     """All probe outputs; arrays are [layer, task, regime] with regimes = calm, normal, volatile, all."""
 
-    r2: np.ndarray
-    F: np.ndarray
+    r2: np.ndarray  # test R² (reported)
+    F: np.ndarray  # fluorescence of the test R² (heatmaps)
     control_r2: np.ndarray
     lam: np.ndarray  # chosen λ
-    raw_r2: dict  # {"prompt": [task, regime], "window": [task, regime]} (only those given)
+    raw_r2: dict  # {"prompt": [task, regime], "window": [task, regime]} test R² (only those given)
     plan: dict
     n: dict  # {split: {regime: windows}}
+    r2_val: Optional[np.ndarray] = None  # val R² at the chosen λ (selects the plan)
+    raw_r2_val: dict = field(default_factory=dict)  # val R² of the raw controls
     readout_: Optional[Readout] = None
+    # regime "all" test windows: feature rows, targets, predictions of the val-chosen layer's probe
+    # and of the val-chosen raw control (the information gain's inputs; probe/test_predictions.npz)
+    test_predictions: dict = field(default_factory=dict)
     lambdas: tuple = DEFAULT_LAMBDAS
     tasks: tuple = TASKS
     regimes: tuple = REGIMES_ALL
@@ -215,21 +231,33 @@ class ProbeResult:
         return self.r2 - self.control_r2
 
     @property
-    def raw_best(self) -> Optional[np.ndarray]:
-        """[task, regime] the larger of the raw controls (None when none was given)."""
-        if not self.raw_r2:
+    def F_val(self) -> np.ndarray:
+        return fluorescence(self.r2_val)
+
+    @property
+    def raw_choice(self) -> Optional[np.ndarray]:
+        """[task, regime] index into ``raw_r2`` of the raw control with the higher val R²."""
+        if not self.raw_r2_val:
             return None
-        return np.nanmax(np.stack(list(self.raw_r2.values())), axis=0)
+        val = np.stack([np.nan_to_num(v, nan=-np.inf) for v in self.raw_r2_val.values()])
+        return val.argmax(0)
+
+    def raw_best(self, split: str = "test") -> Optional[np.ndarray]:
+        """[task, regime] R² on ``split`` (test | val) of the raw control chosen on val."""
+        src = self.raw_r2 if split == "test" else self.raw_r2_val
+        if not src:
+            return None
+        return np.take_along_axis(np.stack(list(src.values())), self.raw_choice[None], 0)[0]
 
     @property
     def beats_raw(self) -> Optional[np.ndarray]:
-        """bool [layer, task, regime]: R² above both the best raw-input R² and 0 (a layer that
-        explains nothing beats nothing, even where the raw ridge scores below 0)."""
-        raw = self.raw_best
+        """bool [layer, task, regime]: val R² above both the chosen raw control's val R² and 0 (a
+        layer that explains nothing beats nothing, even where the raw ridge scores below 0)."""
+        raw = self.raw_best("val")
         if raw is None:
             return None
         bar = np.maximum(np.nan_to_num(raw, nan=np.inf), 0.0)
-        return np.nan_to_num(self.r2, nan=-np.inf) > bar
+        return np.nan_to_num(self.r2_val, nan=-np.inf) > bar
 
     def readout(self, features, stacked: Optional[bool] = None) -> np.ndarray:
         """[N, 3] teacher-probe predictions (see :meth:`Readout.predict`)."""
@@ -238,16 +266,25 @@ class ProbeResult:
         return self.readout_.predict(features, stacked=stacked)
 
     def summary(self) -> dict:
-        """Per task: best layer over all regimes, its R², control, selectivity, raw R², beats raw."""
+        """Per task (regime "all"): the layer chosen on val, its test R² (``r2``) and val R²
+        (``r2_val``, optimistic: layer and λ were picked on it), control, selectivity, the raw
+        controls' test R², the val-chosen raw control (``raw``, ``raw_r2``: its test R²), the
+        information gain ``gain`` = test R² − raw test R², and beats raw (decided on val)."""
         ia = self.regimes.index("all")
         out, beats = {}, self.beats_raw
+        raw_test, choice = self.raw_best("test"), self.raw_choice
+        names = list(self.raw_r2)
         for k, t in enumerate(self.tasks):
             l = self.plan["best_layer"][t]
-            row = {"best_layer": l, "r2": float(self.r2[l, k, ia]),
+            row = {"best_layer": l, "r2": float(self.r2[l, k, ia]), "r2_val": float(self.r2_val[l, k, ia]),
                    "control_r2": float(self.control_r2[l, k, ia]),
                    "selectivity": float(self.selectivity[l, k, ia])}
             for name, arr in self.raw_r2.items():
                 row[f"raw_r2_{name}"] = float(arr[k, ia])
+            if raw_test is not None:
+                row["raw"] = names[int(choice[k, ia])]
+                row["raw_r2"] = float(raw_test[k, ia])
+                row["gain"] = row["r2"] - row["raw_r2"]
             row["beats_raw"] = None if beats is None else bool(beats[l, k, ia])
             row["layers_beating_raw"] = None if beats is None else np.flatnonzero(beats[:, k, ia]).tolist()
             out[t] = row
@@ -262,14 +299,17 @@ class ProbeResult:
             "tasks": list(self.tasks),
             "regimes": list(self.regimes),
             "fit": _FIT_NOTE,
+            "selection": "plan, best_layer and beats_raw use val R2 (r2_val); r2 and F are test, reported only",
             "control": "targets permuted (seeded) within the train and within the val windows of the "
                        "regime; R2 on the true test targets",
-            "beats_raw_rule": "R2 > max(raw_r2 prompt, raw_r2 window, 0)",
+            "beats_raw_rule": "val R2 > max(val R2 of the raw control chosen on val, 0)",
             "r2": _jsonable(self.r2),
+            "r2_val": _jsonable(self.r2_val),
             "F": _jsonable(self.F),
             "control_r2": _jsonable(self.control_r2),
             "selectivity": _jsonable(self.selectivity),
-            "raw_r2": {k: {"axes": ["task", "regime"], "values": _jsonable(v)} for k, v in self.raw_r2.items()},
+            "raw_r2": {k: {"axes": ["task", "regime"], "values": _jsonable(v), "val": _jsonable(self.raw_r2_val[k])}
+                       for k, v in self.raw_r2.items()},
             "beats_raw": None if beats is None else beats.tolist(),
             "lambdas": {"grid": [float(x) for x in self.lambdas], "chosen": _jsonable(self.lam, 6)},
             "plan": self.plan,
@@ -283,8 +323,9 @@ class ProbeResult:
     @classmethod
     def from_json(cls, d: dict, readout: Optional[Readout] = None) -> "ProbeResult":
         return cls(r2=_from_json(d["r2"]), F=_from_json(d["F"]), control_r2=_from_json(d["control_r2"]),
-                   lam=_from_json(d["lambdas"]["chosen"]),
+                   lam=_from_json(d["lambdas"]["chosen"]), r2_val=_from_json(d["r2_val"]),
                    raw_r2={k: _from_json(v["values"]) for k, v in d["raw_r2"].items()},
+                   raw_r2_val={k: _from_json(v["val"]) for k, v in d["raw_r2"].items()},
                    plan=d["plan"], n=d["n"], readout_=readout, lambdas=tuple(d["lambdas"]["grid"]),
                    tasks=tuple(d["tasks"]), regimes=tuple(d["regimes"]), seconds=d.get("seconds", 0.0),
                    meta=d.get("meta", {}))
@@ -293,13 +334,20 @@ class ProbeResult:
         probe_dir = Path(probe_dir)
         if self.readout_ is not None:
             self.readout_.save(probe_dir / "readout.npz")
+        if self.test_predictions:
+            with atomic_path(probe_dir / "test_predictions.npz") as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **self.test_predictions)
         return write_json(probe_dir / "probe.json", self.to_json())
 
     @classmethod
     def load(cls, probe_dir) -> "ProbeResult":
         probe_dir = Path(probe_dir)
-        ro = probe_dir / "readout.npz"
-        return cls.from_json(read_json(probe_dir / "probe.json"), Readout.load(ro) if ro.exists() else None)
+        ro, tp = probe_dir / "readout.npz", probe_dir / "test_predictions.npz"
+        res = cls.from_json(read_json(probe_dir / "probe.json"), Readout.load(ro) if ro.exists() else None)
+        if tp.exists():
+            with np.load(tp) as z:
+                res.test_predictions = {k: z[k] for k in z.files}
+        return res
 
 
 def _nan_to_none_dict(d):
@@ -339,17 +387,22 @@ def _layout(regime: np.ndarray, split: np.ndarray, min_windows: int):
     return order, slices, ok, counts
 
 
-def _raw_control(X, Y, subsets, lambdas) -> np.ndarray:
-    """[task, regime] test R² of the ridge on a raw input X [N, d]."""
+def _raw_control(X, Y, subsets, lambdas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge on a raw input X [N, d]: ([task, regime] test R², [task, regime] val R², the
+    regime-"all" test predictions [n_test, task])."""
     X = as_float(X).reshape(len(X), -1)
-    out = np.full((Y.shape[1], len(subsets)), np.nan)
+    test, val = np.full((Y.shape[1], len(subsets)), np.nan), np.full((Y.shape[1], len(subsets)), np.nan)
+    pred_all = None
     for r, sub in enumerate(subsets):
         if sub is None:
             continue
         tr, va, te = sub
         fit = fit_ridge(X[tr], Y[tr], X[va], Y[va], lambdas)
-        out[:, r] = r2_score(Y[te], fit.predict(X[te])[0]).numpy()
-    return out
+        pred = fit.predict(X[te])[0]
+        test[:, r], val[:, r] = r2_score(Y[te], pred).numpy(), fit.val_r2[0].numpy()
+        if r == len(subsets) - 1:  # "all" is last in REGIMES_ALL
+            pred_all = pred.numpy()
+    return test, val, pred_all
 
 
 def run_probe(features, targets, regime, split, raw_prompt=None, raw_window=None, cfg_probe=None,
@@ -380,7 +433,7 @@ def run_probe(features, targets, regime, split, raw_prompt=None, raw_window=None
              for s in subsets]  # per regime: train and val permutations
     k, R = Y.shape[1], len(REGIMES_ALL)
     r2 = np.full((n_layers, k, R), np.nan)
-    ctrl, lam = np.full_like(r2, np.nan), np.full_like(r2, np.nan)
+    r2_val, ctrl, lam = np.full_like(r2, np.nan), np.full_like(r2, np.nan), np.full_like(r2, np.nan)
     ro_mean, ro_std = np.zeros((n_layers, H), np.float32), np.ones((n_layers, H), np.float32)
     ro_w, ro_b = np.zeros((n_layers, H, k), np.float32), np.zeros((n_layers, k), np.float32)
 
@@ -417,25 +470,35 @@ def run_probe(features, targets, regime, split, raw_prompt=None, raw_window=None
             fit = fit_ridge_gram(G, XtY, n_r, m, y_mean, Xc[:, va], Yva, c["lambdas"])
             score = r2_score(Yte, fit.predict(Xc[:, te])).numpy()  # [c, 2k]
             r2[l0:l1, :, r], ctrl[l0:l1, :, r] = score[:, :k], score[:, k:]
+            r2_val[l0:l1, :, r] = fit.val_r2[:, :k].numpy()
             lam[l0:l1, :, r] = fit.lam[:, :k].numpy()
             if r == ia:
                 ro_mean[l0:l1], ro_std[l0:l1] = (fit.mean + mu0[:, 0]).numpy(), fit.std.numpy()
                 ro_w[l0:l1], ro_b[l0:l1] = fit.weight[..., :k].numpy(), fit.bias[:, :k].numpy()
         del Xc
 
-    raw = {}
+    raw, raw_val, raw_pred = {}, {}, {}
     for name, X in (("prompt", raw_prompt), ("window", raw_window)):
         if X is not None:
-            raw[name] = _raw_control(np.asarray(X)[order], Y, subsets, c["lambdas"])
-    F = fluorescence(r2)
-    plan = make_plan(r2, F, c["grouping"], c["n_groups"])
+            raw[name], raw_val[name], raw_pred[name] = _raw_control(np.asarray(X)[order], Y, subsets, c["lambdas"])
+    plan = make_plan(r2_val, fluorescence(r2_val), c["grouping"], c["n_groups"])  # val chooses
     best = np.array([plan["best_layer"][t] for t in TASKS], dtype=np.int64)
     readout = Readout(layers=best, mean=ro_mean[best], std=ro_std[best],
                       weight=ro_w[best, :, np.arange(k)], bias=ro_b[best, np.arange(k)])
-    return ProbeResult(r2=r2, F=F, control_r2=ctrl, lam=lam, raw_r2=raw, plan=plan, n=counts,
-                       readout_=readout, lambdas=tuple(c["lambdas"]), seconds=time.perf_counter() - t0,
-                       meta={"grouping": c["grouping"], "n_groups": c["n_groups"], "seed": c["seed"],
-                             "min_windows": c["min_windows"]})
+    res = ProbeResult(r2=r2, F=fluorescence(r2), control_r2=ctrl, lam=lam, raw_r2=raw, plan=plan, n=counts,
+                      r2_val=r2_val, raw_r2_val=raw_val, readout_=readout, lambdas=tuple(c["lambdas"]),
+                      seconds=time.perf_counter() - t0,
+                      meta={"grouping": c["grouping"], "n_groups": c["n_groups"], "seed": c["seed"],
+                            "min_windows": c["min_windows"]})
+    te_rows = order[slices[ia][2]]  # the test windows (feature rows), regime "all"
+    sorted_rows = np.sort(te_rows)  # memmap reads in file order
+    layer_pred = readout.predict(features[sorted_rows][np.searchsorted(sorted_rows, te_rows)])
+    res.test_predictions = {"rows": te_rows, "y": Y[slices[ia][2]].numpy(), "layer": layer_pred}
+    if raw:
+        pick = res.raw_choice[:, ia]
+        stack = np.stack([raw_pred[n] for n in raw])  # [controls, n_test, task]
+        res.test_predictions["raw"] = stack[pick, :, np.arange(k)].T
+    return res
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,32 +514,38 @@ def sparkline(values: np.ndarray) -> str:
 
 
 def format_table(res: ProbeResult) -> str:
-    """Compact per-task table (regime "all") plus the per-regime brightest layers."""
+    """Compact per-task table (regime "all"): the layer chosen on val with its val and test R²,
+    the control, the F profile over layers (val), the raw controls' test R², the information
+    gain (test R² − the val-chosen raw control's test R²); then the per-regime brightest layers."""
     ia = res.regimes.index("all")
     summ = res.summary()
     raw_names = list(res.raw_r2)
-    head = f"{'task':<8}{'best':>5}{'R2':>8}{'ctrl':>7}  {'F profile (layer 0 .. ' + str(len(res.r2) - 1) + ')':<{max(len(res.r2), 24)}}"
-    head += "".join(f"{'raw ' + n:>12}" for n in raw_names) + ("  beats raw" if raw_names else "")
+    width = max(len(res.r2), 24)
+    head = (f"{'task':<8}{'layer':>6}{'val R2':>8}{'test R2':>9}{'ctrl':>7}  "
+            f"{'F_val profile (layer 0 .. ' + str(len(res.r2) - 1) + ')':<{width}}")
+    head += "".join(f"{'raw ' + n:>12}" for n in raw_names) + ("{:>8}  beats raw (val)".format("gain") if raw_names else "")
     lines = [head]
+    F_val = res.F_val
     for k, t in enumerate(res.tasks):
         s = summ[t]
-        line = (f"{t:<8}{s['best_layer']:>5}{_f(s['r2']):>8}{_f(s['control_r2']):>7}  "
-                f"{sparkline(res.F[:, k, ia]):<{max(len(res.r2), 24)}}")
+        line = (f"{t:<8}{s['best_layer']:>6}{_f(s['r2_val']):>8}{_f(s['r2']):>9}{_f(s['control_r2']):>7}  "
+                f"{sparkline(F_val[:, k, ia]):<{width}}")
         line += "".join(f"{_f(s['raw_r2_' + n]):>12}" for n in raw_names)
         if raw_names:
             nb = len(s["layers_beating_raw"])
-            line += f"  {'yes' if s['beats_raw'] else 'no':<3} ({nb} layer{'s' if nb != 1 else ''})"
+            line += f"{_f(s['gain'], '+.3f'):>8}  {'yes' if s['beats_raw'] else 'no':<3} ({nb} layer{'s' if nb != 1 else ''})"
         lines.append(line)
     byr = res.plan["best_layer_by_regime"]
-    lines.append("best layer by regime: " + "; ".join(
+    lines.append("best layer by regime (val): " + "; ".join(
         f"{r}: " + " ".join(f"{t}={byr[r][t]}" for t in res.tasks) for r in byr))
     names = res.plan["group_names"]
     lines.append("groups: " + "  ".join(f"{n}={g[0]}-{g[-1]}" for n, g in zip(names, res.plan["groups"])))
+    lines.append("layers and beats-raw are chosen on val (val R2 is optimistic); test R2 is reported only")
     return "\n".join(lines)
 
 
-def _f(x) -> str:
-    return "  n/a" if x is None else f"{x:.3f}"
+def _f(x, spec: str = ".3f") -> str:
+    return "  n/a" if x is None else format(x, spec)
 
 
 def run_probe_stage(cfg, windows, teacher_features, raw_prompt, run_dir, logger=None) -> ProbeResult:
@@ -494,13 +563,14 @@ def run_probe_stage(cfg, windows, teacher_features, raw_prompt, run_dir, logger=
     raw_window = windows.inputs(ids).reshape(len(ids), -1)
     res = run_probe(feats, windows.targets[ids], windows.regime[ids], windows.split[ids],
                     raw_prompt=raw_prompt, raw_window=raw_window, cfg_probe=cfg.probe)
+    res.test_predictions["ids"] = ids[res.test_predictions.pop("rows")]  # feature rows -> window ids
     out = Path(run_dir) / "probe"
     res.save(out)
     beats = res.beats_raw
     layers = list(range(len(res.r2)))
     for r, name in enumerate(res.regimes):
         fig = heatmap(res.F[:, :, r], res.r2[:, :, r], layers, res.tasks,
-                      title=f"fluorescence F, regime {name} (cells: test R²)",
+                      title=f"fluorescence F, regime {name} (cells: test R²; plan chosen on val)",
                       beats_raw=None if beats is None else beats[:, :, r])
         save_figure(fig, out / f"heatmap_{name}.png")
         log_figure(logger, f"probe/heatmap_{name}", fig)
@@ -511,9 +581,9 @@ def run_probe_stage(cfg, windows, teacher_features, raw_prompt, run_dir, logger=
     print(format_table(res))
     summ = res.summary()
     if res.raw_r2:
-        verdict = "; ".join(f"{t}: best layer {summ[t]['best_layer']} "
-                            f"{'beats' if summ[t]['beats_raw'] else 'does not beat'} the raw input"
-                            for t in res.tasks)
+        verdict = "; ".join(f"{t}: layer {summ[t]['best_layer']} "
+                            f"{'beats' if summ[t]['beats_raw'] else 'does not beat'} the raw input on val "
+                            f"(test gain {summ[t]['gain']:+.3f})" for t in res.tasks)
         print(f"note: {verdict}")
     print(f"wrote {out / 'probe.json'}, {out / 'readout.npz'}, {len(res.regimes)} heatmaps")
     return res

@@ -1,33 +1,137 @@
-"""Data stage: LOB sources -> validated snapshot arrays -> windows, targets, regimes, splits."""
+"""Data stage: LOB sources -> validated snapshot arrays -> windows, targets, regimes, splits.
 
-from .lob import Book, validate_book
-from .windows import REGIMES, SPLITS, TASKS, WindowSet, make_windows
+``data.path`` is one file or folder, or a list of them. One LOBSTER pair (file, or a folder with
+one pair) or one table file is read as today. A LOBSTER folder with several days of ONE ticker,
+a folder of CSV/Parquet files, or a list of files/folders is several days of one instrument: each
+day is read and validated on its own, then concatenated in the order given (folders sorted by
+ticker, date / by name) into one Book (:func:`concat_days`; ``meta['day_start']``). Several
+tickers in one book are an error: ``evaluate`` reads each dataset of :func:`dataset_paths` on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CMMInputError
+from .lob import Book, concat_days, day_of_row, day_starts, validate_book
+from .windows import REGIMES, SPLIT_BY, SPLITS, TASKS, WindowSet, make_windows, window_ends
+
+TABLE_SUFFIXES = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
 
 
-def load_book(data_cfg) -> Book:
-    """Read and validate the book chosen by ``data.source`` / ``data.path``."""
+def _path_list(path) -> list:
+    """``data.path`` (None, str/Path or a list / ListConfig of them) -> list of entries."""
+    if path is None or isinstance(path, (str, Path)):
+        return [path]
+    try:
+        items = list(path)
+    except TypeError:
+        return [path]
+    if not items:
+        raise CMMInputError("data.path is an empty list; give a file, a folder or a list of them")
+    return items
+
+
+def _table_files(folder: Path, source: str) -> list[Path]:
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(TABLE_SUFFIXES[source]))
+    if not files:
+        raise CMMInputError(f"{folder}: no {source} file ({', '.join('*' + s for s in TABLE_SUFFIXES[source])}) "
+                            "in this folder")
+    return files
+
+
+def _expand(source: str, path) -> list:
+    """Every entry of ``data.path`` -> one item per day: orderbook Paths (LOBSTER), table files."""
+    from .lobster import find_pairs
+
+    out = []
+    for entry in _path_list(path):
+        if entry is None:
+            raise CMMInputError(f"data.path is required for data.source={source}")
+        p = Path(str(entry)).expanduser()
+        if not p.exists():
+            raise CMMInputError(f"{p}: file or folder not found")
+        if p.is_dir():
+            out += [ob for ob, _ in find_pairs(p)] if source == "lobster" else _table_files(p, source)
+        else:
+            out.append(p)
+    return out
+
+
+def dataset_paths(source: str, path) -> list:
+    """``data.path`` -> one ``data.path`` value (a str) per dataset, for ``evaluate``.
+
+    LOBSTER: a folder -> the orderbook file of each pair, sorted by ticker then date (one dataset
+    per day); a file -> itself. csv / parquet: a folder -> its ``*.csv`` / ``*.parquet|*.pq`` files
+    sorted by name; a file -> itself. A list expands each entry in order. synthetic: ``[path]``
+    (one dataset, the simulator config). Missing paths or empty folders are CMMInputErrors.
+    """
+    if source == "synthetic":
+        return [path]
+    if source not in ("lobster", *TABLE_SUFFIXES):
+        raise CMMInputError(f"data.source={source!r} is not one of synthetic, lobster, csv, parquet")
+    return [str(p) for p in _expand(source, path)]
+
+
+def _check_one_ticker(orderbooks: list[Path], path) -> None:
+    """Several tickers (from LOBSTER file names) or two files of one day are CMMInputErrors."""
+    from .lobster import NAME
+
+    names = [NAME.match(p.name) for p in orderbooks]
+    tickers = sorted({m["ticker"] for m in names if m})
+    where = path if isinstance(path, (str, Path)) else "data.path"
+    if len(tickers) > 1:
+        raise CMMInputError(f"{where}: LOBSTER files of {len(tickers)} tickers ({', '.join(tickers)}): one "
+                            "instrument per book; evaluate reads each as its own dataset")
+    seen: dict = {}
+    for p, m in zip(orderbooks, names):
+        if m and (m["ticker"], m["date"]) in seen:
+            raise CMMInputError(f"{p}: a second LOBSTER file for {m['ticker']} on {m['date']} "
+                                f"(also {seen[m['ticker'], m['date']].name}); one pair per day")
+        if m:
+            seen[m["ticker"], m["date"]] = p
+
+
+def _read_one(data_cfg, path) -> Book:
     src = data_cfg.source
-    if src == "synthetic":
-        from .synthetic import simulate
-
-        s = data_cfg.synthetic
-        return simulate(n_snapshots=s.n_snapshots, levels=data_cfg.levels, seed=s.seed,
-                        start_price=s.start_price, tick_size=data_cfg.tick_size,
-                        mean_regime_length=s.mean_regime_length, ofi_signal=s.ofi_signal).validate()
     if src == "lobster":
         from .lobster import read_lobster
 
-        return read_lobster(data_cfg.path, levels=data_cfg.levels).validate()
+        return read_lobster(path, levels=data_cfg.levels).validate()
     from .table import read_table
 
-    return read_table(data_cfg.path, fmt=src, tick_size=data_cfg.tick_size, levels=data_cfg.levels).validate()
+    return read_table(path, fmt=src, tick_size=data_cfg.tick_size, levels=data_cfg.levels).validate()
+
+
+def load_book(data_cfg) -> Book:
+    """Read and validate the book chosen by ``data.source`` / ``data.path`` (one or several days)."""
+    src = data_cfg.source
+    if src == "synthetic":
+        from .synthetic import simulate, simulate_days
+
+        s = data_cfg.synthetic
+        kw = dict(n_snapshots=s.n_snapshots, levels=data_cfg.levels, seed=s.seed, start_price=s.start_price,
+                  tick_size=data_cfg.tick_size, mean_regime_length=s.mean_regime_length,
+                  ofi_signal=s.ofi_signal)
+        days = int(getattr(s, "days", 1) or 1)
+        return (simulate(**kw) if days == 1 else simulate_days(days=days, **kw)).validate()
+    entries = _path_list(data_cfg.path)
+    if len(entries) == 1 and (entries[0] is None or not Path(str(entries[0])).expanduser().is_dir()):
+        return _read_one(data_cfg, entries[0])  # one file: exactly as before (a one-pair folder reads the same)
+    files = _expand(src, data_cfg.path)
+    if src == "lobster":
+        _check_one_ticker(files, data_cfg.path)
+    books = [_read_one(data_cfg, f) for f in files]  # each day validated on its own (file + row)
+    return books[0] if len(books) == 1 else concat_days(books)
 
 
 def build_windows(data_cfg, book: Book | None = None) -> WindowSet:
     book = load_book(data_cfg) if book is None else book
     return make_windows(book, window=data_cfg.window, horizon=data_cfg.horizon, stride=data_cfg.stride,
-                        split=tuple(data_cfg.split), gap=data_cfg.gap, max_windows=data_cfg.max_windows)
+                        split=tuple(data_cfg.split), gap=data_cfg.gap, max_windows=data_cfg.max_windows,
+                        split_by=getattr(data_cfg, "split_by", "fraction") or "fraction")
 
 
-__all__ = ["Book", "WindowSet", "TASKS", "REGIMES", "SPLITS", "load_book", "build_windows",
-           "make_windows", "validate_book"]
+__all__ = ["Book", "WindowSet", "TASKS", "REGIMES", "SPLITS", "SPLIT_BY", "load_book", "build_windows",
+           "make_windows", "window_ends", "validate_book", "concat_days", "day_starts", "day_of_row",
+           "dataset_paths"]

@@ -51,7 +51,8 @@ def find_pair(path) -> tuple[Path, Path]:
             raise CMMInputError(f"{p}: no LOBSTER orderbook file (*_orderbook_<levels>.csv) in this folder")
         if len(books) > 1:
             names = ", ".join(b.name for b in books[:4])
-            raise CMMInputError(f"{p}: {len(books)} LOBSTER orderbook files ({names}); pass one file as data.path")
+            raise CMMInputError(f"{p}: {len(books)} LOBSTER orderbook files ({names}); read_lobster reads one "
+                                "pair: pass one file, or load the folder's days with data.load_book")
         p = books[0]
     if not p.is_file():
         raise CMMInputError(f"{p}: file not found")
@@ -68,6 +69,39 @@ def find_pair(path) -> tuple[Path, Path]:
     if not other.is_file():
         raise CMMInputError(f"{p}: its LOBSTER partner file {other.name} is missing")
     return book, msg
+
+
+def _partner(p: Path) -> Path:
+    name = p.name
+    if "_orderbook_" in name:
+        return p.with_name("_message_".join(name.rsplit("_orderbook_", 1)))
+    return p.with_name("_orderbook_".join(name.rsplit("_message_", 1)))
+
+
+def pair_key(orderbook: Path) -> tuple[str, str, str]:
+    """Sort key (ticker, date, file name) of an orderbook file; names LOBSTER does not use sort by name."""
+    m = NAME.match(Path(orderbook).name)
+    return (m["ticker"], m["date"], Path(orderbook).name) if m else ("", "", Path(orderbook).name)
+
+
+def find_pairs(folder) -> list[tuple[Path, Path]]:
+    """Every LOBSTER pair in ``folder`` (not its subfolders) -> [(orderbook, message)], sorted by
+    ticker, then date (then file name). A file whose partner is missing, or a folder without any
+    pair, is a CMMInputError naming it."""
+    if folder is None:
+        raise CMMInputError("data.path is required for data.source=lobster (orderbook, message file or folder)")
+    p = Path(folder).expanduser()
+    if not p.is_dir():
+        raise CMMInputError(f"{p}: not a folder" if p.exists() else f"{p}: folder not found")
+    books = sorted(p.glob("*_orderbook_*.csv"))
+    msgs = sorted(p.glob("*_message_*.csv"))
+    for f in books + msgs:
+        other = _partner(f)
+        if not other.is_file():
+            raise CMMInputError(f"{f}: its LOBSTER partner file {other.name} is missing")
+    if not books:
+        raise CMMInputError(f"{p}: no LOBSTER orderbook file (*_orderbook_<levels>.csv) in this folder")
+    return [(b, _partner(b)) for b in sorted(books, key=pair_key)]
 
 
 def _read_csv(path: Path, string_cols=()) -> pa.Table:

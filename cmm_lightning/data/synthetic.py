@@ -25,6 +25,8 @@ Model (all in ticks, one step = one snapshot, ``r_t`` the regime of snapshot ``t
   persistent latent ``v_t``, volume ``~ Gamma(2 n_t, 50)`` shares, aggressor side ``+1`` with
   probability ``(1 + 0.6 I_t)/2``, price = the previous best on the hit side.
 * **Timestamps** int64 ns, exponential inter-arrivals (150 / 100 / 50 ms by regime), strictly increasing.
+* **Several days** (:func:`simulate_days`, ``data.synthetic.days``): day ``k`` uses seed ``seed + k``,
+  starts at 09:30 of the next calendar day and continues from the previous day's last mid.
 
 Everything is drawn up front from one ``numpy.random.Generator(seed)``; the AR(1) recursions and
 the (linear) price path are log-depth prefix scans in numpy: 10^5 snapshots take < 0.1 s.
@@ -154,3 +156,43 @@ def simulate(n_snapshots: int = 40_000, levels: int = 5, seed: int = 7, start_pr
         source=f"synthetic(seed={seed}, n={n}, levels={L})", regime=reg,
         meta={"imbalance_latent": x.astype(np.float32), "ofi_signal": float(ofi_signal)},
     )
+
+
+DAY_NS = 86_400 * 1_000_000_000
+
+
+def simulate_days(days: int = 1, n_snapshots: int = 40_000, levels: int = 5, seed: int = 7,
+                  start_price: float = 100.0, tick_size: float = 0.01, mean_regime_length: int = 500,
+                  ofi_signal: float = 0.7) -> Book:
+    """``days`` simulated days of ``n_snapshots`` each, concatenated into one multi-day Book.
+
+    Day ``k`` is :func:`simulate` with seed ``seed + k``; its clock starts at 09:30 one calendar day
+    after the previous day's (more days when a very long day runs past the next 09:30), so
+    timestamps increase strictly across days. The price **continues**: day ``k`` starts from day
+    ``k-1``'s last mid (its fair price, and the weak pull of the simulator, are anchored there), so a
+    multi-day book has no artificial overnight jump back to ``start_price``; the regime chain and
+    the latent processes restart each day. ``days=1`` returns exactly ``simulate(...)`` (no
+    ``meta['day_start']``). See :func:`cmm_lightning.data.lob.concat_days` for the result's meta.
+    """
+    from .lob import concat_days
+
+    days = int(days)
+    if days < 1:
+        raise ValueError("simulate_days needs days >= 1")
+    kw = dict(n_snapshots=n_snapshots, levels=levels, tick_size=tick_size,
+              mean_regime_length=mean_regime_length, ofi_signal=ofi_signal)
+    if days == 1:
+        return simulate(seed=seed, start_price=start_price, **kw)
+    books, names, price, day = [], [], float(start_price), 0
+    for k in range(days):  # a loop over days; each day is vectorised
+        b = simulate(seed=seed + k, start_price=price, **kw)
+        if books:
+            day = max(day + 1, int(books[-1].ts[-1] - START_NS) // DAY_NS + 1)  # next 09:30 after the last row
+            b.ts = b.ts + day * DAY_NS
+        b.source = f"synthetic(seed={seed + k}, n={b.n}, levels={b.levels}, day {k + 1}/{days})"
+        books.append(b)
+        names.append(str(np.datetime64(int(b.ts[0]), "ns").astype("datetime64[D]")))
+        price = float(b.mid[-1]) * float(tick_size)
+    out = concat_days(books, names=names)
+    out.source = f"synthetic(seed={seed}..{seed + days - 1}, n={n_snapshots}x{days} days, levels={levels})"
+    return out

@@ -8,6 +8,28 @@ level-1 imbalance (b1 - a1) / (b1 + a1). Empty (padded) levels read as 0.
 Targets at horizon h, in ticks:  mid = m[e+h] - m[e];  spread = mean(s[e+1 .. e+h]);
 volume = log(1 + Σ traded volume over e+1 .. e+h).  Regime = tercile of the window's realised
 volatility sqrt(Σ Δm²), cut points fit on the train split only.
+
+Several days (``book.meta['day_start']``, see :func:`cmm_lightning.data.lob.concat_days`): windows
+never span days — each day has its own stride grid ``s+T-1, s+T-1+stride, ...`` from its first row
+``s``, and a window is kept only when its input rows ``e-T+1 .. e`` and target rows ``.. e+h`` lie
+in that day, so every statistic is computed within one day. ``split_by="day"`` makes the last day
+the test split, the day before it val, all earlier days train (the walk-forward unit).
+
+Two implementations of the one input contract (the window ending at row ``e``, float32 [T, F]):
+
+* :meth:`WindowSet.inputs` — the batched, vectorised NumPy path (training, evaluation): per-snapshot
+  features of the whole book once (:func:`snapshot_features`, float64), then a gather per batch.
+* :func:`window_from_book` — the per-decision compiled path (numba ``@njit(cache=True)``, callable
+  from other numba code): one window written straight from the book arrays (:func:`book_arrays`)
+  into a preallocated flat float32 [T·F] buffer, nothing computed for rows outside the window. It
+  computes in float64 exactly as the NumPy path does and casts to float32 last, so the two agree
+  bit for bit (tests/test_book_decision.py). The one possible source of difference is ``log1p``:
+  NumPy's SIMD ``log1p`` and libm's may differ by 1 ulp in float64, which the float32 cast absorbs
+  (no difference seen over millions of values; a flip needs the float64 value within 1 ulp of a
+  float32 rounding boundary).
+
+This is the CMM's whole decision input from the same data the teacher renders its prompt from
+(``cmm_lightning.export.book_decision``).
 """
 
 from __future__ import annotations
@@ -16,10 +38,12 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from ..errors import CMMInputError
-from .lob import Book
+from .lob import Book, day_starts
 
+SPLIT_BY = ("fraction", "day")
 TASKS = ("mid", "spread", "volume")
 REGIMES = ("calm", "normal", "volatile")
 SPLITS = ("train", "val", "test")
@@ -39,6 +63,63 @@ def snapshot_features(book: Book) -> np.ndarray:
         ((b1 - a1) / np.maximum(b1 + a1, 1e-12))[:, None],
     ]
     return np.concatenate(cols, axis=1)
+
+
+def book_arrays(book: Book) -> tuple:
+    """``(bid_px, bid_sz, ask_px, ask_sz, trade_sz, trade_side)``: the arrays :func:`window_from_book`
+    reads, in its argument order (no copies)."""
+    return book.bid_px, book.bid_sz, book.ask_px, book.ask_sz, book.trade_sz, book.trade_side
+
+
+@njit(cache=True, nogil=True)
+def window_from_book(bid_px, bid_sz, ask_px, ask_sz, trade_sz, trade_side, e, T, out):  # pragma: no cover - jit
+    """Model input window ending at book row ``e`` (rows ``e-T+1 .. e``) → ``out`` float32 flat [T·F].
+
+    ``out`` (F = 4L + 3, snapshot-major: element ``t·F + f`` is feature ``f`` of row ``e-T+1+t``)
+    equals ``WindowSet.inputs(np.array([i]))[0].reshape(-1)`` for the window ``i`` with
+    ``end[i] == e``, bit for bit: prices in ticks from the mid of row ``e`` (0 where the level is
+    empty, size <= 0), log1p sizes, log1p traded volume, trade side, level-1 imbalance
+    (b1 − a1) / max(b1 + a1, 1e-12); float64 arithmetic, NaN → 0, cast to float32 last. Pass a
+    C-contiguous [T, F] buffer as ``buf.reshape(-1)``. Returns ``out``. ``e`` is taken as given
+    (any row with ``T - 1 <= e < N``): pass window ends (``WindowSet.end``), which never span days.
+    """
+    n, L = bid_px.shape
+    F = 4 * L + 3
+    if e < T - 1 or e >= n:
+        raise IndexError("window_from_book: row e must satisfy T - 1 <= e < number of book rows")
+    if out.shape[0] != T * F:
+        raise ValueError("window_from_book: out must be a flat float32 buffer of T * (4 * levels + 3)")
+    mid = 0.5 * (bid_px[e, 0] + ask_px[e, 0])
+    nan = np.nan
+    k = 0
+    for r in range(e - T + 1, e + 1):
+        for j in range(L):  # bid price offsets
+            v = float(bid_px[r, j]) - mid if bid_sz[r, j] > 0 or bid_sz[r, j] != bid_sz[r, j] else nan
+            out[k] = np.float32(0.0 if v != v else v)
+            k += 1
+        for j in range(L):  # ask price offsets
+            v = float(ask_px[r, j]) - mid if ask_sz[r, j] > 0 or ask_sz[r, j] != ask_sz[r, j] else nan
+            out[k] = np.float32(0.0 if v != v else v)
+            k += 1
+        for j in range(L):
+            v = np.log1p(float(bid_sz[r, j]))
+            out[k] = np.float32(0.0 if v != v else v)
+            k += 1
+        for j in range(L):
+            v = np.log1p(float(ask_sz[r, j]))
+            out[k] = np.float32(0.0 if v != v else v)
+            k += 1
+        v = np.log1p(float(trade_sz[r]))
+        out[k] = np.float32(0.0 if v != v else v)
+        out[k + 1] = np.float32(float(trade_side[r]))
+        b1, a1 = float(bid_sz[r, 0]), float(ask_sz[r, 0])
+        den = b1 + a1
+        if den < 1e-12:  # np.maximum: a NaN sum stays NaN
+            den = 1e-12
+        v = (b1 - a1) / den
+        out[k + 2] = np.float32(0.0 if v != v else v)
+        k += 3
+    return out
 
 
 def feature_names(levels: int) -> list[str]:
@@ -62,6 +143,8 @@ class WindowSet:
     regime_cuts: np.ndarray  # float64 [2] volatility cut points (train only)
     boundaries: dict = field(default_factory=dict)  # split -> [first_end, last_end] snapshot ids
     _snap: np.ndarray | None = field(default=None, repr=False)
+    day: np.ndarray | None = None  # int64 [W] day of each window (index into book.meta['day_start'])
+    split_by: str = "fraction"  # how ``split`` was assigned: fraction | day
 
     @property
     def n_features(self) -> int:
@@ -108,6 +191,16 @@ class WindowSet:
         }
         if "dropped_rows" in self.book.meta:
             out["dropped_rows"] = int(self.book.meta["dropped_rows"])
+        n_days = len(day_starts(self.book))
+        if n_days > 1 or self.split_by != "fraction":
+            names = self.book.meta.get("day_names") or [str(d) for d in range(n_days)]
+            day = np.zeros(len(self.end), np.int64) if self.day is None else self.day
+            out["split_by"] = self.split_by
+            out["days"] = {
+                "count": n_days, "names": list(names), "first_row": day_starts(self.book).tolist(),
+                "n_windows": np.bincount(day, minlength=n_days).tolist(),
+                "split": {s: sorted({names[d] for d in day[self.split == i]}) for i, s in enumerate(SPLITS)},
+            }
         train = self.split == 0
         for k, t in enumerate(TASKS):
             col = self.targets[train, k]
@@ -118,28 +211,55 @@ class WindowSet:
         return out
 
 
+def window_ends(n: int, window: int, horizon: int, stride: int = 1, day_start=None) -> np.ndarray:
+    """int64 window ends of a book of ``n`` rows whose days start at rows ``day_start`` (None: one day).
+
+    Day ``[s, s')`` contributes ``s+T-1, s+T-1+stride, ... < s'-h``: the window's inputs and targets
+    lie in the day. One day gives ``arange(T-1, n-h, stride)``. Vectorised over days and rows.
+    """
+    ds = np.zeros(1, np.int64) if day_start is None else np.asarray(day_start, dtype=np.int64)
+    stops = np.append(ds[1:], np.int64(n))
+    first = ds + (window - 1)
+    counts = np.maximum(0, -((first - (stops - horizon)) // stride))  # ceil((stop - h - first) / stride)
+    k = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(first, counts) + stride * k
+
+
 def make_windows(book: Book, window: int = 32, horizon: int = 10, stride: int = 1,
                  split=(0.7, 0.15, 0.15), gap: int | None = None,
-                 max_windows: int | None = None) -> WindowSet:
+                 max_windows: int | None = None, split_by: str = "fraction", day_start=None) -> WindowSet:
     """Cut ``book`` into windows with targets, regimes and chronological splits.
 
-    Splits are contiguous in time with ``gap >= horizon`` snapshots between the last window
-    end of one split and the first of the next, so no train target overlaps a later split.
+    ``split_by="fraction"``: splits are contiguous in time (``split`` fractions of the span of
+    window ends) with ``gap >= horizon`` snapshots between the last window end of one split and
+    the first of the next, so no train target overlaps a later split. ``split_by="day"``: the last
+    day is test, the one before val, all earlier train (needs >= 3 days; no gap is needed since no
+    window spans days). ``day_start`` (default ``book.meta['day_start']``, absent = one day): the
+    first row of each day; windows never span days (see :func:`window_ends`).
     """
     gap = horizon if gap is None else gap
     if gap < horizon:
         raise CMMInputError(f"data.gap={gap} must be at least data.horizon={horizon}")
+    if split_by not in SPLIT_BY:
+        raise CMMInputError(f"data.split_by={split_by!r} is not one of {', '.join(SPLIT_BY)}")
     T, h, N = window, horizon, book.n
-    end = np.arange(T - 1, N - h, stride, dtype=np.int64)
+    ds = day_starts(book) if day_start is None else np.asarray(day_start, dtype=np.int64)
+    n_days = len(ds)
+    if split_by == "day" and n_days < 3:
+        raise CMMInputError(f"{book.source}: data.split_by=day needs at least 3 days (train, val, test), "
+                            f"the book has {n_days}; use data.split_by=fraction or more days")
+    end = window_ends(N, T, h, stride, ds if n_days > 1 else None)
     if max_windows is not None:
         end = end[-max_windows:]
     if len(end) < 30:
+        days = f" in {n_days} days" if n_days > 1 else ""
         raise CMMInputError(
-            f"{book.source}: only {N} snapshots, {len(end)} windows of T={T}, h={h}, stride={stride}; "
+            f"{book.source}: only {N} snapshots{days}, {len(end)} windows of T={T}, h={h}, stride={stride}; "
             "need at least 30"
         )
+    day = np.searchsorted(ds, end, side="right").astype(np.int64) - 1
     mid, spread = book.mid, book.spread.astype(np.float64)
-    # prefix sums give every horizon statistic in O(N)
+    # prefix sums give every horizon statistic in O(N); a window's rows lie in one day
     cs_spread = np.concatenate([[0.0], np.cumsum(spread)])
     cs_vol = np.concatenate([[0.0], np.cumsum(book.trade_sz)])
     dm2 = np.concatenate([[0.0], np.diff(mid) ** 2])
@@ -155,18 +275,26 @@ def make_windows(book: Book, window: int = 32, horizon: int = 10, stride: int = 
     # realised vol over the window's T-1 mid changes: rows e-T+2 .. e
     rv = np.sqrt(cs_dm2[end + 1] - cs_dm2[end - T + 2]).astype(np.float32)
 
-    fr = np.asarray(split, dtype=np.float64)
-    fr = fr / fr.sum()
-    span_lo, span_hi = end[0], end[-1]
-    cut1 = span_lo + fr[0] * (span_hi - span_lo)
-    cut2 = span_lo + (fr[0] + fr[1]) * (span_hi - span_lo)
     split_id = np.full(len(end), -1, dtype=np.int8)
-    split_id[end < cut1] = 0
-    val = (end >= cut1 + gap) & (end < cut2)
-    split_id[val] = 1
-    split_id[end >= cut2 + gap] = 2
+    if split_by == "day":
+        split_id[:] = np.where(day == n_days - 1, 2, np.where(day == n_days - 2, 1, 0))
+    else:
+        fr = np.asarray(split, dtype=np.float64)
+        fr = fr / fr.sum()
+        span_lo, span_hi = end[0], end[-1]
+        cut1 = span_lo + fr[0] * (span_hi - span_lo)
+        cut2 = span_lo + (fr[0] + fr[1]) * (span_hi - span_lo)
+        split_id[end < cut1] = 0
+        val = (end >= cut1 + gap) & (end < cut2)
+        split_id[val] = 1
+        split_id[end >= cut2 + gap] = 2
     for i, name in enumerate(SPLITS):
         if not (split_id == i).any():
+            if split_by == "day":
+                names = book.meta.get("day_names") or [str(d) for d in range(n_days)]
+                which = {0: "the days before the last two", 1: f"day {names[-2]}", 2: f"day {names[-1]}"}[i]
+                raise CMMInputError(f"{book.source}: split '{name}' ({which}) has no window of T={T}, h={h} "
+                                    f"(data.split_by=day); use longer days or a smaller data.window")
             raise CMMInputError(f"{book.source}: split '{name}' is empty; use more data or change data.split")
     train = split_id == 0
     cuts = np.quantile(rv[train], [1 / 3, 2 / 3])
@@ -176,4 +304,5 @@ def make_windows(book: Book, window: int = 32, horizon: int = 10, stride: int = 
         s: [int(end[split_id == i][0]), int(end[split_id == i][-1])] for i, s in enumerate(SPLITS)
     }
     return WindowSet(book=book, window=T, horizon=h, end=end, targets=targets, realized_vol=rv,
-                     regime=regime, split=split_id, regime_cuts=cuts, boundaries=bounds)
+                     regime=regime, split=split_id, regime_cuts=cuts, boundaries=bounds, day=day,
+                     split_by=split_by)

@@ -12,10 +12,18 @@ folds everything that is constant at inference into the weights:
 so that ``forward(x [B, T, F]) -> [B, 3]`` (mid, spread, volume in target units) is: the stacked
 encoder, one fused head d → 3 + m, the kernel row sums, the gate and a softmax.
 
-``decide(x)`` is the batch-1 decision path: for the default ``tcn`` encoder one fused
-(numba-compiled, single-threaded) kernel over the same weights, no per-op dispatch at all;
-other encoders fall back to ``forward``. ``save_cmm`` / ``load_cmm`` round-trip through
-``torch.load(weights_only=True)``: a state dict plus a plain dict of hyper-parameters.
+``decide(x)`` is the batch-1 decision path from a prepared window: for the default ``tcn``
+encoder one fused (numba-compiled, single-threaded) kernel over the same weights
+(:func:`cmm_kernel`), no per-op dispatch at all; other encoders fall back to ``forward``.
+``decide_book(book, row)`` is the whole decision from the book rows, the teacher's input (it
+renders its prompt from them): the window ending at ``row`` built by the compiled
+:func:`~cmm_lightning.data.windows.window_from_book`, then the fused kernel, in one compiled call
+(:func:`book_decision`, module-level and cached, so other numba code can call it with
+``*model.kernel_args()``); other encoders build the window the same way and run ``forward``.
+:func:`decision_latency_us` times ``decide`` (model only); :func:`book_decision_latency_us` times
+``decide_book``, the like-for-like figure against the teacher's (batch 1, one thread, both).
+``save_cmm`` / ``load_cmm`` round-trip through ``torch.load(weights_only=True)``: a state dict
+plus a plain dict of hyper-parameters.
 """
 
 from __future__ import annotations
@@ -25,8 +33,11 @@ from typing import Optional
 
 import numpy as np
 import torch
+from numba import njit
 from torch import nn
 
+from .data.lob import Book
+from .data.windows import book_arrays, window_from_book
 from .io import atomic_path
 from .students.encoders import fold_input_affine
 from .students.stacked import N_TASKS, StackedStudents
@@ -52,6 +63,7 @@ class CMMDecision(nn.Module):
         self.register_buffer("gate_b2", torch.zeros(S))
         self.register_buffer("hajek_a", torch.zeros(()))
         self._fused = None
+        self._scratch = None  # decide_book's window buffer, float32 [T·F]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _, e = self.students(x)  # [S, B, 3], _, [S, B, m]
@@ -105,7 +117,23 @@ class CMMDecision(nn.Module):
             np.float32(self.hajek_a), int(enc.patch), int(enc.n_patches),
             (2 if self.uses_hajek else 0) + (1 if self.uses_gate else 0),
         )
-        _fused_decision()  # compile (or load the cached machine code) now, not on the first decision
+        # compile (or load the cached machine code) now, not on the first decision
+        cmm_kernel(np.zeros(self._window_size(), np.float32), *self._fused,
+                   np.empty(N_TASKS, np.float32))
+
+    def _window_size(self) -> int:
+        st = self.spec["students"]
+        return int(st["window"]) * int(st["n_features"])
+
+    def kernel_args(self) -> tuple:
+        """The fused kernel's weights ``(w1, b1, w2, b2, wh, bh, gw1, gb1, gw2, gb2, a, k, P, flags)``,
+        laid out for :func:`cmm_kernel` / :func:`book_decision` (``tcn`` only: ValueError otherwise)."""
+        if self._fused is None:
+            self.prepare_fast()
+        if self._fused is False:
+            raise ValueError(f"the fused kernel exists for the tcn encoder only, not "
+                             f"{self.spec['students']['encoder']!r}")
+        return self._fused
 
     def decide(self, x, out: Optional[np.ndarray] = None) -> np.ndarray:
         """One decision: x [T, F] (or [1, T, F]) raw window → float32 [3] (mid, spread, volume)."""
@@ -121,116 +149,157 @@ class CMMDecision(nn.Module):
             xn = np.ascontiguousarray(xn, dtype=np.float32)
         if out is None:
             out = np.empty(N_TASKS, np.float32)
-        _fused_decision()(xn.reshape(-1), *self._fused, out)
+        cmm_kernel(xn.reshape(-1), *self._fused, out)
+        return out
+
+    def decide_book(self, book, row: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """One decision from the book itself: the window ending at book row ``row`` (the decision
+        snapshot, ``windows.end[i]``) → float32 [3]; equals ``decide(windows.inputs([i])[0])``.
+
+        ``book`` is a :class:`~cmm_lightning.data.lob.Book` or its :func:`book_arrays` tuple
+        ``(bid_px, bid_sz, ask_px, ask_sz, trade_sz, trade_side)``. ``tcn``: one compiled call,
+        :func:`book_decision` (window + fused kernel). Other encoders: the window is built by the
+        same compiled :func:`~cmm_lightning.data.windows.window_from_book`, then the torch ``forward``.
+        The window buffer is the model's own: one thread per model at a time.
+        """
+        if self._fused is None:
+            self.prepare_fast()
+        arrs = book_arrays(book) if isinstance(book, Book) else book
+        scratch = self._scratch
+        if scratch is None:
+            scratch = self._scratch = np.empty(self._window_size(), np.float32)
+        T = self.spec["students"]["window"]
+        if self._fused is False:
+            window_from_book(*arrs, row, T, scratch)
+            with torch.no_grad():
+                y = self(torch.from_numpy(scratch).view(1, T, -1))[0].numpy()
+            if out is None:
+                return y
+            out[:] = y
+            return out
+        if out is None:
+            out = np.empty(N_TASKS, np.float32)
+        book_decision(*arrs, row, T, *self._fused, scratch, out)
         return out
 
 
-_KERNEL = None
+@njit(fastmath=True, cache=True, nogil=True)
+def cmm_kernel(x, w1, b1, w2, b2, wh, bh, gw1, gb1, gw2, gb2, a, k, P, flags, out):  # pragma: no cover - jit
+    """The whole CMM decision (tcn students + MoE) at batch 1, single-threaded: flat raw window
+    ``x`` float32 [T·F] → ``out`` float32 [3] (mid, spread, volume). ``w1 .. flags`` are
+    :meth:`CMMDecision.kernel_args` (``k``, the patch length, is implied by ``w1`` and unused)."""
+    kF, SC = w1.shape
+    S, PC, d = w2.shape
+    C = SC // S
+    no = wh.shape[2]
+    off = x.shape[0] - P * kF  # the most recent P·k snapshots
+    # Every matmul below is a row-vector x matrix product, unrolled 4 ways over the reduction
+    # index: one load/store of the accumulator per 4 multiply-adds (~1.6x faster than 1 way).
+    z = np.empty((P, SC), np.float32)
+    for p in range(P):  # conv1 (kernel k, stride k) + ReLU, all students at once
+        for c in range(SC):
+            z[p, c] = b1[c]
+        base = off + p * kF
+        j = 0
+        while j + 4 <= kF:
+            v0, v1, v2, v3 = x[base + j], x[base + j + 1], x[base + j + 2], x[base + j + 3]
+            for c in range(SC):
+                z[p, c] += v0 * w1[j, c] + v1 * w1[j + 1, c] + v2 * w1[j + 2, c] + v3 * w1[j + 3, c]
+            j += 4
+        for j in range(j, kF):
+            v = x[base + j]
+            for c in range(SC):
+                z[p, c] += v * w1[j, c]
+        for c in range(SC):
+            z[p, c] = max(z[p, c], 0.0)
+    o = np.empty((S, no), np.float32)
+    h = np.empty(d, np.float32)
+    zs = np.empty(PC, np.float32)
+    for s in range(S):  # conv2 over the P patches + ReLU, then the fused head
+        for p in range(P):  # student s's channels, (patch, channel) order
+            for c in range(C):
+                zs[p * C + c] = z[p, s * C + c]
+        for q in range(d):
+            h[q] = b2[s, q]
+        m = 0
+        while m + 4 <= PC:
+            v0, v1, v2, v3 = zs[m], zs[m + 1], zs[m + 2], zs[m + 3]
+            for q in range(d):
+                h[q] += v0 * w2[s, m, q] + v1 * w2[s, m + 1, q] + v2 * w2[s, m + 2, q] + v3 * w2[s, m + 3, q]
+            m += 4
+        for m in range(m, PC):
+            v = zs[m]
+            for q in range(d):
+                h[q] += v * w2[s, m, q]
+        for q in range(no):
+            o[s, q] = bh[s, q]
+        for q in range(d):
+            v = max(h[q], 0.0)
+            for r in range(no):
+                o[s, r] += v * wh[s, q, r]
+    logit = np.zeros(S, np.float32)
+    if flags & 1:  # gate
+        G = gw1.shape[1]
+        u = gb1.copy()
+        n_in = x.shape[0]
+        i = 0
+        while i + 4 <= n_in:
+            v0, v1, v2, v3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+            for g in range(G):
+                u[g] += v0 * gw1[i, g] + v1 * gw1[i + 1, g] + v2 * gw1[i + 2, g] + v3 * gw1[i + 3, g]
+            i += 4
+        for i in range(i, n_in):
+            v = x[i]
+            for g in range(G):
+                u[g] += v * gw1[i, g]
+        for s in range(S):
+            logit[s] = gb2[s]
+        for g in range(G):
+            v = max(u[g], 0.0)
+            for s in range(S):
+                logit[s] += v * gw2[g, s]
+    if flags & 2:  # Hájek: a · Σ_j exp(−‖e'_i − e'_j‖²)
+        for i in range(S):
+            r = 0.0
+            for j in range(S):
+                dd = 0.0
+                for q in range(3, no):
+                    t = o[i, q] - o[j, q]
+                    dd += t * t
+                r += np.exp(-dd)
+            logit[i] += a * r
+    mx = logit.max()
+    tot = 0.0
+    for s in range(S):
+        logit[s] = np.exp(logit[s] - mx)
+        tot += logit[s]
+    for q in range(3):
+        out[q] = 0.0
+    for s in range(S):
+        w = logit[s] / tot
+        for q in range(3):
+            out[q] += w * o[s, q]
+
+
+@njit(cache=True, nogil=True)
+def book_decision(bid_px, bid_sz, ask_px, ask_sz, trade_sz, trade_side, row, T,
+                  w1, b1, w2, b2, wh, bh, gw1, gb1, gw2, gb2, a, k, P, flags, scratch, out):  # pragma: no cover - jit
+    """Book rows → predictions, all compiled: the window ending at ``row``
+    (:func:`~cmm_lightning.data.windows.window_from_book`, into ``scratch`` float32 [T·F]) then
+    :func:`cmm_kernel` → ``out`` float32 [3]. Callable from other numba code (an ``@njit``
+    strategy loop) with ``*CMMDecision.kernel_args()`` as the weights; ``tcn`` encoders only.
+
+    numba's cache keys a function on its own file only: after editing ``data/windows.py``, clear
+    this module's ``__pycache__/*.nbi|*.nbc`` (or touch this file) so the cached copy is rebuilt.
+    """
+    window_from_book(bid_px, bid_sz, ask_px, ask_sz, trade_sz, trade_side, row, T, scratch)
+    cmm_kernel(scratch, w1, b1, w2, b2, wh, bh, gw1, gb1, gw2, gb2, a, k, P, flags, out)
+    return out
 
 
 def _fused_decision():
-    """numba kernel: the whole CMM decision (tcn students + MoE) at batch 1, single-threaded."""
-    global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
-    import numba
-
-    @numba.njit(fastmath=True, cache=True, nogil=True)
-    def kernel(x, w1, b1, w2, b2, wh, bh, gw1, gb1, gw2, gb2, a, k, P, flags, out):  # pragma: no cover - jit
-        kF, SC = w1.shape
-        S, PC, d = w2.shape
-        C = SC // S
-        no = wh.shape[2]
-        off = x.shape[0] - P * kF  # the most recent P·k snapshots
-        # Every matmul below is a row-vector x matrix product, unrolled 4 ways over the reduction
-        # index: one load/store of the accumulator per 4 multiply-adds (~1.6x faster than 1 way).
-        z = np.empty((P, SC), np.float32)
-        for p in range(P):  # conv1 (kernel k, stride k) + ReLU, all students at once
-            for c in range(SC):
-                z[p, c] = b1[c]
-            base = off + p * kF
-            j = 0
-            while j + 4 <= kF:
-                v0, v1, v2, v3 = x[base + j], x[base + j + 1], x[base + j + 2], x[base + j + 3]
-                for c in range(SC):
-                    z[p, c] += v0 * w1[j, c] + v1 * w1[j + 1, c] + v2 * w1[j + 2, c] + v3 * w1[j + 3, c]
-                j += 4
-            for j in range(j, kF):
-                v = x[base + j]
-                for c in range(SC):
-                    z[p, c] += v * w1[j, c]
-            for c in range(SC):
-                z[p, c] = max(z[p, c], 0.0)
-        o = np.empty((S, no), np.float32)
-        h = np.empty(d, np.float32)
-        zs = np.empty(PC, np.float32)
-        for s in range(S):  # conv2 over the P patches + ReLU, then the fused head
-            for p in range(P):  # student s's channels, (patch, channel) order
-                for c in range(C):
-                    zs[p * C + c] = z[p, s * C + c]
-            for q in range(d):
-                h[q] = b2[s, q]
-            m = 0
-            while m + 4 <= PC:
-                v0, v1, v2, v3 = zs[m], zs[m + 1], zs[m + 2], zs[m + 3]
-                for q in range(d):
-                    h[q] += v0 * w2[s, m, q] + v1 * w2[s, m + 1, q] + v2 * w2[s, m + 2, q] + v3 * w2[s, m + 3, q]
-                m += 4
-            for m in range(m, PC):
-                v = zs[m]
-                for q in range(d):
-                    h[q] += v * w2[s, m, q]
-            for q in range(no):
-                o[s, q] = bh[s, q]
-            for q in range(d):
-                v = max(h[q], 0.0)
-                for r in range(no):
-                    o[s, r] += v * wh[s, q, r]
-        logit = np.zeros(S, np.float32)
-        if flags & 1:  # gate
-            G = gw1.shape[1]
-            u = gb1.copy()
-            n_in = x.shape[0]
-            i = 0
-            while i + 4 <= n_in:
-                v0, v1, v2, v3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-                for g in range(G):
-                    u[g] += v0 * gw1[i, g] + v1 * gw1[i + 1, g] + v2 * gw1[i + 2, g] + v3 * gw1[i + 3, g]
-                i += 4
-            for i in range(i, n_in):
-                v = x[i]
-                for g in range(G):
-                    u[g] += v * gw1[i, g]
-            for s in range(S):
-                logit[s] = gb2[s]
-            for g in range(G):
-                v = max(u[g], 0.0)
-                for s in range(S):
-                    logit[s] += v * gw2[g, s]
-        if flags & 2:  # Hájek: a · Σ_j exp(−‖e'_i − e'_j‖²)
-            for i in range(S):
-                r = 0.0
-                for j in range(S):
-                    dd = 0.0
-                    for q in range(3, no):
-                        t = o[i, q] - o[j, q]
-                        dd += t * t
-                    r += np.exp(-dd)
-                logit[i] += a * r
-        mx = logit.max()
-        tot = 0.0
-        for s in range(S):
-            logit[s] = np.exp(logit[s] - mx)
-            tot += logit[s]
-        for q in range(3):
-            out[q] = 0.0
-        for s in range(S):
-            w = logit[s] / tot
-            for q in range(3):
-                out[q] += w * o[s, q]
-
-    _KERNEL = kernel
-    return kernel
+    """The fused kernel (kept for callers of the old closure factory): :func:`cmm_kernel`."""
+    return cmm_kernel
 
 
 @torch.no_grad()
@@ -297,13 +366,13 @@ def load_cmm(path) -> CMMDecision:
 
 def random_cmm(n_students: int = 9, window: int = 32, n_features: int = 23, hidden: int = 48, channels: int = 24,
                kernel: int = 8, embed_dim: int = 16, gate_hidden: int = 16, mode: str = "hajek_gate",
-               seed: int = 0) -> CMMDecision:
+               seed: int = 0, encoder: str = "tcn") -> CMMDecision:
     """A CMM of the default shape with random weights (latency does not depend on the values)."""
     g = torch.Generator().manual_seed(seed)
     m = embed_dim if "hajek" in mode else 0
     spec = {"format": FORMAT, "mode": mode, "names": [f"s{i}" for i in range(n_students)],
             "gate_hidden": gate_hidden, "dimensions": ["random"] * n_students,
-            "students": dict(n_students=n_students, window=window, n_features=n_features, encoder="tcn",
+            "students": dict(n_students=n_students, window=window, n_features=n_features, encoder=encoder,
                              hidden=hidden, channels=channels, kernel=kernel, proj_dim=m)}
     model = CMMDecision(spec)
     with torch.no_grad():
@@ -332,6 +401,40 @@ def decision_latency_us(model: CMMDecision, x, calls: int = 5000, warmup: int = 
             for i in range(calls):
                 t = pc()
                 model.decide(xn, out)
+                ts[i] = pc() - t
+    finally:
+        torch.set_num_threads(threads)
+    ts /= 1e3
+    return float(np.median(ts)), float(np.percentile(ts, 10))
+
+
+def book_decision_latency_us(model: CMMDecision, book, rows, calls: int = 5000,
+                             warmup: int = 500) -> tuple[float, float]:
+    """(median, 10th percentile) µs per ``model.decide_book(book, row)`` at batch 1 on one CPU thread:
+    book rows → window → predictions, the same span the teacher's latency covers (rows → prompt →
+    features; ``teacher.cache.measure_latency_us``). ``rows`` are decision rows (``windows.end[ids]``),
+    taken in turn. Timed exactly as :func:`decision_latency_us`.
+    """
+    import time
+
+    arrs = book_arrays(book) if isinstance(book, Book) else tuple(book)
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if len(rows) == 0:
+        raise ValueError("book_decision_latency_us: no rows")
+    rl = [int(r) for r in rows]
+    nr = len(rl)
+    out = np.empty(N_TASKS, np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for i in range(warmup):
+                model.decide_book(arrs, rl[i % nr], out)
+            pc, ts = time.perf_counter_ns, np.empty(calls)
+            for i in range(calls):
+                r = rl[i % nr]
+                t = pc()
+                model.decide_book(arrs, r, out)
                 ts[i] = pc() - t
     finally:
         torch.set_num_threads(threads)

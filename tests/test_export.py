@@ -56,6 +56,10 @@ def test_export_equals_the_lightning_moe(setup, mode, sigma):
     # the fused batch-1 path gives the same decision
     for i in range(0, len(x), max(1, len(x) // 16)):
         np.testing.assert_allclose(ex.decide(x[i]), want[i].numpy(), rtol=1e-4, atol=1e-4)
+    # ... and from the book rows (compiled window + fused kernel): the same float32 output
+    w = dm.windows
+    for i in w.indices("test")[::7]:
+        np.testing.assert_array_equal(ex.decide_book(w.book, w.end[i]), ex.decide(w.inputs(np.array([i]))[0]))
 
 
 def test_students_module_exports_as_their_average(setup):
@@ -74,6 +78,10 @@ def test_other_encoders_export_through_forward(setup, enc):
     ex = export_cmm(mod)
     torch.testing.assert_close(ex(x[:32]), mod.predict_windows(x[:32]), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ex.decide(x[3]), mod.predict_windows(x[3:4])[0].numpy(), rtol=1e-4, atol=1e-4)
+    w = dm.windows  # decide_book: the compiled window, then forward
+    i = w.indices("test")[3]
+    np.testing.assert_allclose(ex.decide_book(w.book, w.end[i]), ex.decide(w.inputs(np.array([i]))[0]),
+                               rtol=1e-6, atol=0)
 
 
 def test_save_load_round_trip_weights_only_without_lightning(setup, tmp_path):

@@ -243,6 +243,7 @@ def test_validation_logs_per_student_metrics(dm, tmp_path):
                    enable_model_summary=False, limit_train_batches=2, default_root_dir=tmp_path)
     tr.fit(m, datamodule=dm)
     keys = set(tr.callback_metrics)
+    assert {f"student/{n}/loss" for n in m.student_names} <= keys
     for n in m.student_names:
         for t in ("mid", "spread", "volume"):
             assert {f"student/{n}/{t}_r2", f"student/{n}/{t}_mse", f"student/{n}/{t}_mae"} <= keys
@@ -271,3 +272,189 @@ def test_feature_and_kd_terms_only_count_windows_with_teacher_features():
     torch.testing.assert_close(out["feat"][0], hand)
     full = ofdd_loss(yhat, y, mask, task_w)  # the task term still sees every window
     torch.testing.assert_close(out["task"], full["task"])
+
+
+# ---------------------------------------------------------------------------------------------
+# per-student early stopping: every student on its own val loss, with its own best weights
+# ---------------------------------------------------------------------------------------------
+class _Planted:
+    """A tiny stacked 'students' module whose per-student val losses follow a planted schedule."""
+
+    NAN = float("nan")
+    # patience 2: a improves up to epoch 5 (done at 7); b is best at epoch 1 (done at 3);
+    # c logs NaN first, is best at epoch 1 and flat afterwards (done at 3) → the fit stops after epoch 7
+    LOSSES = {"a": [5, 4, 3, 2, 1, 0.9, 2, 2, 2, 2, 2, 2], "b": [1, 0.5, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+              "c": [NAN, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]}
+    BEST = {"a": 5, "b": 1, "c": 1}
+
+    @staticmethod
+    def module():
+        import lightning as L
+
+        class Planted(L.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.student_names = list(_Planted.LOSSES)
+                self.students = nn.Module()
+                self.students.w = nn.Parameter(torch.randn(3, 4, 2))
+                self.students.b = nn.Parameter(torch.zeros(3, 2))
+                self.register_buffer("shared", torch.arange(4.0))  # outside students.: never copied
+                self.snaps, self.epochs = [], []
+
+            def training_step(self, batch, batch_idx):
+                (x,) = batch
+                return ((torch.einsum("bi,sio->sbo", x, self.students.w) + self.students.b[:, None] - 1) ** 2).mean()
+
+            def validation_step(self, batch, batch_idx):
+                pass
+
+            def on_train_epoch_start(self):
+                self.epochs.append(self.current_epoch)
+
+            def on_validation_epoch_end(self):
+                self.snaps.append({k: v.detach().clone() for k, v in self.students.state_dict().items()})
+                for n, vals in _Planted.LOSSES.items():
+                    self.log(f"student/{n}/loss", float(vals[self.current_epoch]), sync_dist=True)
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.05)
+
+        return Planted()
+
+
+def test_per_student_early_stopping_keeps_each_students_best_epoch(tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from cmm_lightning.students.early_stopping import PerStudentEarlyStopping
+
+    torch.manual_seed(0)
+    m = _Planted.module()
+    shared = m.shared.clone()
+    stop = PerStudentEarlyStopping(patience=2)
+    last = ModelCheckpoint(dirpath=tmp_path, filename="last", enable_version_counter=False)  # every epoch
+    tr = L.Trainer(max_epochs=12, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                   num_sanity_val_steps=0, callbacks=[stop, last], default_root_dir=tmp_path)
+    tr.fit(m, DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=4),
+           DataLoader(TensorDataset(torch.randn(4, 4)), batch_size=4))
+    assert m.epochs == list(range(8))  # stopped once every student was done (epoch 7), not at max_epochs
+    summary = stop.summary()
+    for s, n in enumerate(m.student_names):
+        e = _Planted.BEST[n]
+        assert summary[n] == {"best_epoch": e, "best_loss": pytest.approx(_Planted.LOSSES[n][e]), "done": True}
+        for k, v in m.students.state_dict().items():  # the module holds each student's own best epoch
+            torch.testing.assert_close(v[s], m.snaps[e][k][s], rtol=0, atol=0)
+    # b and c kept training after they were done: their last weights are not their kept ones
+    assert not torch.equal(m.snaps[-1]["w"][1], m.snaps[1]["w"][1])
+    torch.testing.assert_close(m.shared, shared)
+    # the state is plain tensors/numbers: it round-trips through a weights_only load
+    path = tmp_path / "state.pt"
+    torch.save(stop.state_dict(), path)
+    again = PerStudentEarlyStopping(patience=2)
+    again.load_state_dict(torch.load(path, weights_only=True))
+    assert again.summary() == summary
+    fresh = _Planted.module()
+    again.apply_best(fresh)
+    for k, v in m.students.state_dict().items():
+        torch.testing.assert_close(fresh.students.state_dict()[k], v, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="students"):
+        again.names = ["x", "y", "z"]
+        again.load_state_dict(torch.load(path, weights_only=True))
+    # killed after the last epoch's checkpoint (every student done): the resumed fit trains no further epoch
+    resumed = _Planted.module()
+    L.Trainer(max_epochs=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, num_sanity_val_steps=0, callbacks=[PerStudentEarlyStopping(patience=2)],
+              default_root_dir=tmp_path).fit(resumed, DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=4),
+                                             ckpt_path=tmp_path / "last.ckpt", weights_only=True)
+    assert resumed.epochs == []
+    for k, v in m.students.state_dict().items():
+        torch.testing.assert_close(resumed.students.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_student_val_loss_is_exact_and_data_students_see_only_their_regime(dm, tmp_path):
+    """student/<name>/loss = the OFDD loss over all the val windows the student sees, whatever the batching."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    m = DataStudents(PLAN, _cfg_dict(), dm.windows.n_features, dm.windows.window, [N_LAYERS1, HIDDEN])
+    m.setup_from_data(dm)
+    m.eval()
+    full = {k: torch.cat([b[k] for b in dm.val_dataloader()]) for k in ("x", "y", "regime", "teacher")}
+    r = full["regime"]
+    assert set(r.tolist()) == {0, 1, 2}
+
+    perm = torch.randperm(len(r))
+    mixed, rest = perm[:60], perm[60:]
+
+    def batches(f):  # a mixed batch + single-regime batches (most hold none of a given student's windows)
+        out = [{k: v[mixed] for k, v in f.items()}]
+        for g in range(3):
+            ids = rest[r[rest] == g]
+            out += [{k: v[ids[i:i + 37]] for k, v in f.items()} for i in range(0, len(ids), 37)]
+        return out
+
+    def logged(f):
+        tr = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        tr.validate(m, dataloaders=DataLoader(batches(f), batch_size=None, collate_fn=lambda b: b), verbose=False)
+        return torch.stack([tr.callback_metrics[f"student/{n}/loss"] for n in m.student_names]).double()
+
+    @torch.no_grad()
+    def by_hand(b):  # ofdd_loss with every given window in one batch
+        yhat, _, proj = m(b["x"])
+        return ofdd_loss(yhat, (b["y"] - m.y_mean) / m.y_std, m.window_mask(b["regime"]), m.task_w, proj=proj,
+                         target=m.teacher_slices(b["teacher"]), kd=m.kd_targets(b), alpha=m.cfg["alpha"],
+                         beta=m.cfg["beta"], gamma=m.cfg["gamma"])["total"].double()
+
+    got = logged({**full, "index": torch.arange(len(r))})
+    torch.testing.assert_close(got, by_hand(full), rtol=1e-5, atol=0)
+    for s in range(3):  # = its loss over its regime's val windows alone
+        own = {k: v[r == s] for k, v in full.items()}
+        torch.testing.assert_close(got[s], by_hand(own)[s], rtol=1e-5, atol=0)
+    # plant different targets on the calm val windows: only the calm student's value moves, and up
+    planted = dict(full, y=full["y"].clone())
+    planted["y"][r == 0] += 5 * full["y"].std(0)
+    got2 = logged(planted)
+    assert got2[0] > got[0] + 10
+    torch.testing.assert_close(got2[1:], got[1:], rtol=0, atol=0)
+    torch.testing.assert_close(got2[0], by_hand({k: v[r == 0] for k, v in planted.items()})[0], rtol=1e-5, atol=0)
+
+
+def test_per_student_fit_resumes_to_the_uninterrupted_result(dm, tmp_path):
+    import lightning as L
+
+    cfg = small_cfg(**{"students.max_epochs": 4, "students.patience": 2, "students.lr": 3e-3})
+
+    class Killed(L.Callback):  # the process dies after epoch 1 (last.ckpt holds epochs 0–1)
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise RuntimeError("killed")
+
+    class Epochs(L.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.seen.append(trainer.current_epoch)
+
+    ref = train_students("data", PLAN, dm, cfg, tmp_path / "ref")
+    with pytest.raises(RuntimeError, match="killed"):
+        train_students("data", PLAN, dm, cfg, tmp_path / "crash", callbacks=[Killed()])
+    ck = tmp_path / "crash" / "checkpoints" / "data"
+    assert (ck / "last.ckpt").is_file() and not (ck / "done.json").exists()
+    epochs = Epochs()
+    got = train_students("data", PLAN, dm, cfg, tmp_path / "crash", callbacks=[epochs])
+    assert epochs.seen == [2, 3]  # resumed after epoch 1
+    want = json.loads((tmp_path / "ref" / "checkpoints" / "data" / "done.json").read_text())
+    done = json.loads((ck / "done.json").read_text())
+    assert done["students"] == want["students"] and done["best_score"] == want["best_score"]
+    best = [v["best_epoch"] for v in done["students"].values()]
+    assert min(best) <= 1 < max(best), best  # some student's best is from before the crash, some after
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(got.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    # the returned (= best.ckpt) module reproduces every student's best val loss
+    tr = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    tr.validate(got, datamodule=dm, verbose=False)
+    for n, v in done["students"].items():
+        assert float(tr.callback_metrics[f"student/{n}/loss"]) == pytest.approx(v["best_loss"], rel=1e-5)

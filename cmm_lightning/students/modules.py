@@ -6,7 +6,10 @@
   is up-weighted by ``students.task_upweight``.
 * ``DataStudents``: one per regime; slice = the brightest layer in that regime; each student's
   loss is masked to its regime's windows inside the one stacked module, so it is trained (and
-  early-stopped) on that regime only.
+  early-stopped, on its loss over that regime's val windows) on that regime only.
+
+Every student s is monitored on ``student/<name>/loss``: its epoch OFDD loss over all the val
+windows it sees (``StudentLoss``: exact, not a mean of batch ratios; reduced over ranks).
 
 Set-up from data (``setup_from_data``, train split only, streamed over the loader):
   x̃ = (x − μ_x)/σ_x per feature, ỹ = (y − μ_y)/σ_y per task (buffers, exported with the model);
@@ -19,7 +22,8 @@ Set-up from data (``setup_from_data``, train split only, streamed over the loade
 
 Contracts: ``student_names``, ``hidden_and_slices(batch) -> (h [S,B,d], slices [S,B,D])`` (probe
 callback), ``predict_windows(x) -> [B, 3]`` (mean over the module's students, target units).
-``train_students`` fits one dimension with early stopping, checkpoints in
+``train_students`` fits one dimension with every student early-stopped on its own val loss
+``student/<name>/loss`` and keeping its own best weights (``early_stopping.py``), checkpoints in
 ``run_dir/checkpoints/<dimension>/``, resumes from ``last.ckpt`` and skips a finished fit with the
 same fingerprint; ``evaluate`` gives test R²/MSE/MAE per task for every student (and the mean).
 """
@@ -37,7 +41,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_score
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
@@ -46,6 +50,7 @@ from ..data.datamodule import with_teacher
 from ..data.windows import REGIMES, TASKS
 from ..errors import CMMInputError
 from ..io import read_json, write_json
+from .early_stopping import PerStudentEarlyStopping
 from .losses import ofdd_loss
 from .stacked import StackedStudents
 
@@ -72,6 +77,41 @@ def _safe_std(var: torch.Tensor) -> torch.Tensor:
 def regression_metrics(prefix: str = "") -> MetricCollection:
     return MetricCollection({"mse": MeanSquaredError(num_outputs=3), "mae": MeanAbsoluteError(num_outputs=3),
                              "r2": R2Score(multioutput="raw_values")}, prefix=prefix)
+
+
+class StudentLoss(Metric):
+    """Epoch OFDD loss L_s of every student over all the windows it sees (exact across batches and ranks).
+
+    Each batch term ℓ_sb of ``ofdd_loss`` (task, feat, kd) is a ratio Σ num / w_sb over the batch's
+    windows, so with the weights w_sb of :meth:`StudentsModule.term_weights`
+
+        T_s = Σ_b w_sb ℓ_sb / Σ_b w_sb  per term  (= the term over all the windows at once),
+        L_s = β T_task,s + α T_feat,s + γ T_kd,s,
+
+    the loss ``ofdd_loss`` gives when every window of the epoch is one batch. A batch without the
+    student's windows (a data student and another regime) weighs 0; a term without inputs weighs
+    0 and adds 0. Sums are reduced over ranks (``dist_reduce_fx="sum"``). A student that saw no
+    window: NaN.
+    """
+
+    full_state_update = False
+
+    def __init__(self, n_students: int, alpha: float, beta: float, gamma: float):
+        super().__init__()
+        self.coef = (float(beta), float(alpha), float(gamma))  # task, feat, kd
+        self.add_state("num", torch.zeros(3, n_students, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("den", torch.zeros(3, n_students, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, terms: torch.Tensor, weights: torch.Tensor) -> None:
+        """terms, weights [3, S]: (task, feat, kd) per student of one batch."""
+        w = weights.detach().double()
+        self.num += terms.detach().double() * w
+        self.den += w
+
+    def compute(self) -> torch.Tensor:
+        mean = torch.where(self.den > 0, self.num / self.den.clamp_min(1e-300), torch.zeros_like(self.num))
+        total = (torch.tensor(self.coef, dtype=mean.dtype, device=mean.device)[:, None] * mean).sum(0)
+        return torch.where(self.den[0] > 0, total, torch.full_like(total, float("nan")))
 
 
 class StudentsModule(L.LightningModule):
@@ -117,6 +157,8 @@ class StudentsModule(L.LightningModule):
             self.register_buffer("kd_w", torch.zeros(3, H))
         self.val_metrics = nn.ModuleDict({n: regression_metrics() for n in names})
         self.test_metrics = nn.ModuleDict({n: regression_metrics() for n in names})
+        self.student_loss = nn.ModuleDict({k: StudentLoss(S, cfg["alpha"], cfg["beta"], cfg["gamma"])
+                                           for k in ("val", "test")})  # → student/<name>/loss (monitored)
 
     # -- which students exist --------------------------------------------------------------------
     @staticmethod
@@ -269,12 +311,30 @@ class StudentsModule(L.LightningModule):
         return h, self.teacher_slices(batch["teacher"])
 
     # -- Lightning ---------------------------------------------------------------------------
+    def term_weights(self, mask: torch.Tensor, teacher_mask: Optional[torch.Tensor], target: Optional[torch.Tensor],
+                     kd: Optional[torch.Tensor]) -> torch.Tensor:
+        """[3, S] weights of the batch's (task, feat, kd) terms that make their weighted means exact (losses.py).
+
+        task: n_s = Σ_b m_sb; kd: Σ_b m̃_sb; feat: Σ_b m̃_sb ‖t_sb‖² (nmse, a ratio of sums) or Σ_b m̃_sb
+        (cosine), with m̃ = m · teacher_mask; 0 for a term without inputs.
+        """
+        tmask = mask if teacher_mask is None else mask * teacher_mask[None, :].to(mask)
+        zero = mask.new_zeros(mask.shape[0])
+        if target is None:
+            feat = zero
+        elif self.cfg["feat_loss"] == "nmse":
+            feat = ((target ** 2).sum(-1) * tmask).sum(1)
+        else:
+            feat = tmask.sum(1)
+        return torch.stack([mask.sum(1), feat, tmask.sum(1) if kd is not None else zero])
+
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         yhat, _, proj = self(batch["x"])
         y = (batch["y"] - self.y_mean) / self.y_std
         mask = self.window_mask(batch["regime"])
         target = self.teacher_slices(batch["teacher"]) if self.has_teacher and "teacher" in batch else None
-        parts = ofdd_loss(yhat, y, mask, self.task_w, proj=proj, target=target, kd=self.kd_targets(batch),
+        kd = self.kd_targets(batch)
+        parts = ofdd_loss(yhat, y, mask, self.task_w, proj=proj, target=target, kd=kd,
                           alpha=self.cfg["alpha"], beta=self.cfg["beta"], gamma=self.cfg["gamma"],
                           feat_kind=self.cfg["feat_loss"], teacher_mask=batch.get("teacher_mask"))
         B = len(y)
@@ -287,9 +347,9 @@ class StudentsModule(L.LightningModule):
         if not train:
             metrics = self.val_metrics if stage == "val" else self.test_metrics
             pred = self.denorm_y(yhat.detach())
+            self.student_loss[stage].update(torch.stack([parts["task"], parts["feat"], parts["kd"]]),
+                                            self.term_weights(mask, batch.get("teacher_mask"), target, kd))
             for i, n in enumerate(self.student_names):
-                self.log(f"{'' if stage == 'val' else 'test/'}student/{n}/loss", parts["total"][i],
-                         batch_size=int(mask[i].sum().clamp_min(1)), on_epoch=True, sync_dist=True)
                 metrics[n].update(pred[i], batch["y"])
         return parts["total"].sum()
 
@@ -312,10 +372,22 @@ class StudentsModule(L.LightningModule):
                     self.log(f"{prefix}student/{n}/{t}_{m}", v[k].float(), sync_dist=True)
             coll.reset()
 
+    def _log_student_loss(self, stage: str, prefix: str) -> None:
+        """``student/<name>/loss``: each student's epoch OFDD loss over the windows it sees (``StudentLoss``)."""
+        metric = self.student_loss[stage]
+        if not metric.update_called:
+            return
+        vals = metric.compute().float()
+        metric.reset()
+        for i, n in enumerate(self.student_names):  # sums reduced over ranks: equal everywhere
+            self.log(f"{prefix}student/{n}/loss", vals[i], sync_dist=True)
+
     def on_validation_epoch_end(self):
+        self._log_student_loss("val", "")
         self._log_metrics(self.val_metrics, "")
 
     def on_test_epoch_end(self):
+        self._log_student_loss("test", "test/")
         self._log_metrics(self.test_metrics, "test/")
 
     def configure_optimizers(self):
@@ -399,12 +471,20 @@ def _trainer_kwargs(cfg) -> dict:
 
 def fit_module(make: Callable[[], L.LightningModule], cls, datamodule, cfg, ckpt_dir: Path, fingerprint: str,
                max_epochs: int, patience: int, prepare: Optional[Callable] = None, logger=None,
-               callbacks: Sequence = (), monitor: str = "val/loss", train: bool = True):
-    """Fit ``make()`` with early stopping on ``monitor``; resume from ``last.ckpt``; skip when done.
+               callbacks: Sequence = (), monitor: str = "val/loss", train: bool = True, per_student: bool = False):
+    """Fit ``make()`` with early stopping; resume from ``last.ckpt``; skip when done.
 
     ``ckpt_dir`` holds ``fingerprint.json`` (what the checkpoints belong to), ``last.ckpt``,
     ``best.ckpt`` and, once finished, ``done.json``. A different fingerprint clears the folder.
     Returns the best module loaded back with ``weights_only=True`` (on CPU).
+
+    * ``per_student=False`` (one model, the MoE): Lightning's ``EarlyStopping`` on ``monitor``;
+      ``best.ckpt`` is the epoch with the lowest ``monitor``.
+    * ``per_student=True`` (a students module): ``PerStudentEarlyStopping`` — every student on its
+      own ``student/<name>/loss`` with its own patience and best weights; training stops when all
+      are done. ``last.ckpt`` (every epoch) carries the per-student state, ``best.ckpt`` holds each
+      student's best weights, ``done.json`` adds ``students: {name: {best_epoch, best_loss, done}}``
+      and ``best_score`` = the mean of the students' best losses.
     """
     from ..dist import is_global_zero
 
@@ -431,22 +511,30 @@ def fit_module(make: Callable[[], L.LightningModule], cls, datamodule, cfg, ckpt
         _save_plain_checkpoint(module, best)
         write_json(done, {"fingerprint": fingerprint, "best": str(best), "trained": False})
         return cls.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1,
-                           save_last=True, enable_version_counter=False)
+    if per_student:
+        stop = PerStudentEarlyStopping(patience=int(patience))
+        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)  # every epoch
+    else:
+        stop = EarlyStopping(monitor=monitor, patience=int(patience), mode="min")
+        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1,
+                               save_last=True, enable_version_counter=False)
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=logger if logger is not None else False,
-                        callbacks=[EarlyStopping(monitor=monitor, patience=int(patience), mode="min"), ckpt,
-                                   *callbacks],
+                        callbacks=[stop, ckpt, *callbacks],
                         default_root_dir=str(ckpt_dir), enable_model_summary=False, log_every_n_steps=10,
                         **_trainer_kwargs(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-    path = Path(ckpt.best_model_path or str(last))
+    if per_student:  # the module now holds every student's best weights (stop.on_fit_end)
+        trainer.save_checkpoint(best, weights_only=True)  # rank 0 writes, every rank waits for it
+        path, info = best, {"best_score": stop.mean_best(), "students": stop.summary()}
+    else:
+        path, score = Path(ckpt.best_model_path or str(last)), ckpt.best_model_score
+        info = {"best_score": None if score is None else float(score)}
     if not zero:  # rank 0 saved the checkpoints (Lightning waits for it); read, don't write
         return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
     if path != best and path.is_file():
         best.write_bytes(path.read_bytes())
-    score = ckpt.best_model_score
-    write_json(done, {"fingerprint": fingerprint, "best": str(best), "trained": True,
-                      "best_score": None if score is None else float(score), "epochs": int(trainer.current_epoch)})
+    write_json(done, {"fingerprint": fingerprint, "best": str(best), "trained": True, **info,
+                      "epochs": int(trainer.current_epoch)})
     return cls.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
 
 
@@ -471,10 +559,11 @@ def train_students(dimension: str, plan: dict, datamodule, cfg, run_dir, logger=
     kwargs = dict(plan=plain(plan), students=scfg, n_features=datamodule.windows.n_features,
                   window=datamodule.windows.window, teacher_shape=teacher_shape)
     fp = fingerprint_of("students", dimension, kwargs, data_fingerprint(datamodule), _trainer_kwargs(cfg),
-                        int(cfg.run.seed), datamodule.batch_size, fingerprint)
+                        int(cfg.run.seed), datamodule.batch_size, fingerprint,
+                        "per-student early stopping")  # fits (and last.ckpt) of the mean-loss stopping are stale
     return fit_module(lambda: cls(**kwargs), cls, datamodule, cfg, Path(run_dir) / "checkpoints" / dimension, fp,
                       scfg["max_epochs"], scfg["patience"], prepare=lambda m: m.setup_from_data(datamodule),
-                      logger=logger, callbacks=callbacks)
+                      logger=logger, callbacks=callbacks, per_student=True)
 
 
 @torch.no_grad()

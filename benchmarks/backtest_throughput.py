@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     cfg = MarketConfig(base_size=100, min_size=100, max_size=100, inventory_limit=1000, eta=0.05,
-                       fixed_half_spread=1.0, latency=1, maker_fee=-0.0002, taker_fee=0.0003)
+                       fixed_half_spread=1.0, latency=1, maker_fee=-0.0002, taker_fee=0.0003, episode_length=None)
     warm = random_walk_book(10_000, args.levels)  # compile / load the numba cache
     wdec = np.arange(0, warm.n - 1, args.every)
     run_backtest(warm, wdec, fixed_spread(len(wdec), cfg), cfg, end_row=warm.n)

@@ -286,7 +286,7 @@ def run_ours(book, *, interval_ns: int = 100_000_000, size: float = 100.0, limit
     dec_ts, rows, q = policy_decisions(book, interval_ns, size)
     cfg = MarketConfig(fill_model="hftbacktest", latency_ns=int(entry_ns), response_latency_ns=int(resp_ns),
                        inventory_limit=limit, maker_fee=maker_fee, taker_fee=taker_fee, min_size=1,
-                       max_size=max(size, 1), lot_size=1.0)
+                       max_size=max(size, 1), lot_size=1.0, episode_length=None)  # one episode: the day
     res = run_backtest(book, rows, q, cfg, end_row=book.n, raw_quotes=True, decision_ts=dec_ts,
                        metrics=result)
     if result:

@@ -162,7 +162,8 @@ def design(b, limit=500.0, **cfg):
     from hft_common import policy_decisions
 
     dts, rows, q = policy_decisions(b, TOY["interval_ns"], 100.0)
-    c = MarketConfig(latency_ns=TOY["entry_ns"], inventory_limit=limit, min_size=1, max_size=1000, **cfg)
+    c = MarketConfig(latency_ns=TOY["entry_ns"], inventory_limit=limit, min_size=1, max_size=1000,
+                     episode_length=None, **cfg)  # one episode: the whole day, as hftbacktest runs it
     res = run_backtest(b, rows, q, c, end_row=b.n, raw_quotes=True, decision_ts=dts, metrics=False)
     return [(int(f["ts"]), int(f["side"]), int(f["price"]), float(f["size"])) for f in res.fills]
 
@@ -249,7 +250,7 @@ def test_design_and_hftbacktest_models_differ_on_the_day(day):
 
     dts, rows, q = policy_decisions(sl, POLICY["interval_ns"], 100.0)
     c = MarketConfig(latency_ns=POLICY["entry_ns"], inventory_limit=500, min_size=1, max_size=1000,
-                     post_only=True)
+                     post_only=True, episode_length=None)
     res = run_backtest(sl, rows, q, c, end_row=sl.n, raw_quotes=True, decision_ts=dts, metrics=False)
     # design: partial fills, queue kept through cancellations and same-price re-quotes
     assert len(fo) == 57 and len(res.fills) == 59 and res.fills["size"].sum() == 5450 == 5450.0

@@ -28,8 +28,9 @@ def make_book(bid, ask, bsz=50.0, asz=50.0, trades=None, ts=None, tick=1.0, meta
 
 
 def cfg(**kw):
+    # one episode unless a test says otherwise (independent of the config's default episode_length)
     base = dict(latency=1, min_size=1, max_size=1000, inventory_limit=1000, eta=0.0, maker_fee=0.0,
-                taker_fee=0.0)
+                taker_fee=0.0, episode_length=None)
     base.update(kw)
     return MarketConfig(**base)
 
@@ -128,6 +129,7 @@ def test_fees_rebates_and_taker_on_arrival():
     # after row 0 (book 99/101, mid 100): signals m̂=+2, ŝ=2, v̂=10, η=0 -> p = 102, δ = 1:
     # bid = min(⌊101⌋, best_ask-1 = 100) = 100, ask = ⌈103⌉ = 103. Live at row 2, seeing row 1 (97/99):
     # bid 100 >= best ask 99 -> taker: buys 10 @ 99 ticks, fee 10:  cash = -10*99*0.25 - 10 = -257.5
+    # (it walks the asks of row 1: the best shows 50 >= 10, so all 10 fill at level 1, unchanged)
     # row 3 (103/105): best bid 103 >= our ask 103 -> maker sell 10 @ 103, rebate 5:
     # cash = -257.5 + 10*103*0.25 + 5 = 5.0; flat -> EPnL = 5.0, fees = 10 - 5 = 5.
     b = make_book(bid=[99, 97, 97, 103, 103], ask=[101, 99, 99, 105, 105], tick=0.25)
@@ -142,6 +144,132 @@ def test_fees_rebates_and_taker_on_arrival():
     res = run_backtest(b, [0], [[2.0, 2.0, 10.0, 0.0]], cfg(latency=2, maker_fee=-0.5, taker_fee=1.0,
                                                              post_only=True), end_row=5)
     assert fills(res) == [(3, -1, 103, 10.0)] and res.metrics["epnl"] == 2.5
+
+
+def book_levels(bids, asks, trades=None, tick=1.0):
+    """Book with L levels per side: ``bids[r]`` / ``asks[r]`` = [(price, size), ...] best first
+    ((0, 0) = an empty level, LOBSTER padding); ``trades`` = {row: (price, size, side)}."""
+    n = len(bids)
+    tpx, tsz, tsd = np.zeros(n, np.int64), np.zeros(n), np.zeros(n, np.int8)
+    for r, (p, s, sd) in (trades or {}).items():
+        tpx[r], tsz[r], tsd[r] = p, s, sd
+    lv = lambda rows, k, dt: np.array([[lvl[k] for lvl in row] for row in rows], dt)
+    return Book(ts=np.arange(n, dtype=np.int64) * 10, bid_px=lv(bids, 0, np.int64), bid_sz=lv(bids, 1, np.float64),
+                ask_px=lv(asks, 0, np.int64), ask_sz=lv(asks, 1, np.float64), trade_px=tpx, trade_sz=tsz,
+                trade_side=tsd, tick_size=tick)
+
+
+BIDS3 = [(99, 50), (98, 50), (97, 50)]
+ASKS2 = [(101, 20), (102, 15), (0, 0)]  # two levels, then padding
+ASKS_UP = [(104, 20), (105, 20), (106, 20)]  # the ask moved above 103
+
+
+def test_taker_walks_the_book_and_its_remainder_rests():
+    # taker fee 0.5/share, maker fee -0.25/share (rebate). Decision after row 0: bid 103 x50, live
+    # from row 1, sees row 0's asks 101 (20), 102 (15), then an empty level: it walks them:
+    #   buy 20 @ 101 (fee 10) and 15 @ 102 (fee 7.5); the empty level stops the walk.
+    #   cash = -(2020 + 10) - (1530 + 7.5) = -3567.5, q = 35, fees 17.5; both fills logged at row 1.
+    # The remaining 15 rest at 103 (queue 0). Rows 1-2 still show asks 101/102 (our orders never
+    # move the replayed book): the crossed rule (best ask <= 103) does NOT fill them again.
+    # (a) row 3: a buy prints 5 @ 102, below our bid: traded through -> the 15 fill @ 103 as maker:
+    #   cash = -3567.5 - 1545 + 3.75 = -5108.75, q = 50, fees 13.75.
+    #   equity = cash + q*100 (mid 100): 0, -67.5, -67.5, -108.75, -108.75.
+    c = cfg(maker_fee=-0.25, taker_fee=0.5)
+    b = book_levels([BIDS3] * 5, [ASKS2] * 5, trades={3: (102, 5, 1)})
+    res = run_backtest(b, [0], [[103, 50, 0, 0]], c, end_row=5, raw_quotes=True)
+    assert fills(res) == [(1, 1, 101, 20.0), (1, 1, 102, 15.0), (3, 1, 103, 15.0)]
+    assert res.fills["taker"].tolist() == [True, True, False]
+    assert res.fills["fee"].tolist() == [10.0, 7.5, -3.75]
+    np.testing.assert_array_equal(res.equity, [0, -67.5, -67.5, -108.75, -108.75])
+    np.testing.assert_array_equal(res.inventory, [0, 35, 35, 50, 50])
+    m = res.metrics
+    assert (m["n_trades"], m["fees"], m["fill_rate"]) == (3, 13.75, 1.0)
+    assert res.episode_metrics[0]["n_orders"] == 1
+    # no print: rows 1-4 keep showing the levels it took -> the remainder never fills (q stays 35)
+    b = book_levels([BIDS3] * 5, [ASKS2] * 5)
+    res = run_backtest(b, [0], [[103, 50, 0, 0]], c, end_row=5, raw_quotes=True)
+    assert fills(res) == [(1, 1, 101, 20.0), (1, 1, 102, 15.0)]
+    # (b) row 3: the best ask moves to 104 (> 103); row 4: back to 101 -> crossed: the 15 fill @ 103.
+    #   equity row 3 = -3567.5 + 35 * (99 + 104)/2 = -15; row 4 = -5108.75 + 50*100 = -108.75.
+    b = book_levels([BIDS3] * 5, [ASKS2] * 3 + [ASKS_UP, ASKS2])
+    res = run_backtest(b, [0], [[103, 50, 0, 0]], c, end_row=5, raw_quotes=True)
+    assert fills(res) == [(1, 1, 101, 20.0), (1, 1, 102, 15.0), (4, 1, 103, 15.0)]
+    np.testing.assert_array_equal(res.equity, [0, -67.5, -67.5, -15, -108.75])
+    # the gym-env door: the same fills (the guard is engine state, kept between calls)
+    eng = Engine(b, c, log_fills=True)
+    eng.reset(0)
+    eng.advance(1)
+    eng.submit(0, quotes=[103, 50, 0, 0])
+    for r in range(2, 6):
+        eng.advance(r)
+    np.testing.assert_array_equal(eng.fills(), res.fills)
+
+
+def test_taker_limit_reaches_only_the_first_level():
+    # bid 101 x50 against asks 101 (20), 102 (15): only level 1 is at or under the limit:
+    # buy 20 @ 101 (taker, no fees here); the other 30 rest at 101, not refilled at rows 1-2 by the
+    # still-displayed ask 101. Row 3: a sell prints @ 100, through our bid -> the 30 fill @ 101.
+    # cash = -50*101 = -5050, q = 50; mark at mid 100 -> equity -50.
+    b = book_levels([BIDS3] * 4, [ASKS2] * 4, trades={3: (100, 1, -1)})
+    res = run_backtest(b, [0], [[101, 50, 0, 0]], cfg(), end_row=4, raw_quotes=True)
+    assert fills(res) == [(1, 1, 101, 20.0), (3, 1, 101, 30.0)]
+    assert res.fills["taker"].tolist() == [True, False]
+    np.testing.assert_array_equal(res.inventory, [0, 20, 20, 50])
+    assert res.metrics["epnl"] == -50.0
+
+
+def test_taker_ask_walks_the_bids():
+    # the mirror: ask 97 x50 against bids 99 (20), 98 (15) (L = 2: the walk ends after the last
+    # level). Sells 20 @ 99 (fee 10) and 15 @ 98 (fee 7.5): cash = 1980 - 10 + 1470 - 7.5 = 3432.5,
+    # q = -35. The other 15 rest at 97; rows 1-2 still show bid 99 >= 97: no fill. Row 3: the best
+    # bid drops to 96 (< 97); row 4: back to 99 -> crossed: the 15 sell @ 97 (rebate 3.75):
+    # cash = 3432.5 + 1455 + 3.75 = 4891.25, q = -50; mid 100 -> equity -108.75.
+    bids = [(99, 20), (98, 15)]
+    asks = [(101, 50), (102, 50)]
+    b = book_levels([bids] * 3 + [[(96, 20), (95, 20)], bids], [asks] * 5)
+    res = run_backtest(b, [0], [[0, 0, 97, 50]], cfg(maker_fee=-0.25, taker_fee=0.5), end_row=5, raw_quotes=True)
+    assert fills(res) == [(1, -1, 99, 20.0), (1, -1, 98, 15.0), (4, -1, 97, 15.0)]
+    assert res.fills["taker"].tolist() == [True, True, False]
+    np.testing.assert_array_equal(res.inventory, [0, -35, -35, -35, -50])
+    assert res.metrics["epnl"] == -108.75 and res.metrics["n_trades"] == 3
+
+
+def test_taker_walks_grow_the_fills_log():
+    # every row a bid 110 x5 walks 5 ask levels of 1 share each: 5 fills per decision, 400
+    # decisions = 2000 fills, more than the first fills log holds (both doors grow it in between).
+    n = 402
+    asks = [(101 + k, 1) for k in range(5)]
+    b = book_levels([[(99 - k, 50) for k in range(5)]] * n, [asks] * n)
+    dec = np.arange(400)
+    q = np.tile([110.0, 5.0, 0.0, 0.0], (400, 1))
+    res = run_backtest(b, dec, q, cfg(inventory_limit=10**6), end_row=n, raw_quotes=True)
+    assert len(res.fills) == 2000 and res.fills["taker"].all() and res.inventory[-1] == 2000
+    assert res.fills["price"][:5].tolist() == [101, 102, 103, 104, 105]
+    eng = Engine(b, cfg(inventory_limit=10**6), log_fills=True)
+    eng.reset(0)
+    for d in dec:
+        eng.advance(d + 1)
+        eng.submit(d, quotes=q[d])
+    eng.advance(n)
+    np.testing.assert_array_equal(eng.fills(), res.fills)
+    # 60 such orders decided after row 0 (latency 2: all reach the exchange at row 2, one pass):
+    # 300 fills between two checks of the log's room, more than the Engine's first log (256) holds.
+    eng = Engine(b, cfg(latency=2, inventory_limit=10**6), log_fills=True)
+    eng.reset(0)
+    eng.advance(1)
+    for _ in range(60):
+        eng.submit(0, quotes=q[0])
+    eng.advance(3)
+    f = eng.fills()
+    assert len(f) == 300 and (f["row"] == 2).all() and eng.inventory[0] == 300
+    assert f["price"].tolist() == [101, 102, 103, 104, 105] * 60
+
+
+def test_taker_post_only_rejects():
+    # post_only: the crossing bid 103 is rejected (not placed): no fill, no order.
+    b = book_levels([BIDS3] * 5, [ASKS2] * 5, trades={3: (102, 5, 1)})
+    res = run_backtest(b, [0], [[103, 50, 0, 0]], cfg(post_only=True), end_row=5, raw_quotes=True)
+    assert fills(res) == [] and res.episode_metrics[0]["n_orders"] == 0
 
 
 def test_inventory_limit_side_not_quoted():

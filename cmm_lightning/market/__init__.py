@@ -3,7 +3,8 @@
     signals [D, 4] (m̂, ŝ, v̂, η)  --quoting.quote-->  quotes  --engine-->  fills, equity  --metrics-->
 """
 
-from .engine import FILL_DTYPE, BacktestResult, Engine, episode_bounds, run_backtest
+from .engine import FILL_DTYPE, BacktestResult, Engine, run_backtest
+from .episodes import episode_bounds
 from .metrics import METRIC_NAMES, market_metrics
 from .policies import (avellaneda_stoikov, backtest_policies, equity_figure, estimate_as_params,
                        fixed_spread, predictions, results_table, run_policies, train_volume_ref)

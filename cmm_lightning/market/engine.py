@@ -8,10 +8,13 @@ Our orders never move the replayed book.
   ``market.latency_ns > 0``, the first row with ``ts[a] >= ts[d] + latency_ns`` (always ``a > d``).
   Cancels (a replaced or withdrawn quote) take effect at the same row ``a``.
 * On arrival it sees the book of row ``a-1``: queue ahead ``Q`` = displayed size at its price
-  (0 when it improves the best); a bid at or above the best ask is a taker order (filled at the
-  best ask, taker fee) or, with ``post_only``, rejected.
+  (0 when it improves the best); a bid at or above the best ask is a taker order or, with
+  ``post_only``, rejected. A taker bid walks the asks of row ``a-1`` up to its price (each level:
+  ``min(left, displayed)`` at that level's price, taker fee); the rest rests at ``P``, queue 0.
 * At every row ``r`` it is active, a bid at ``P`` with ``n`` shares left fills
-    - all ``n`` if a trade prints below ``P`` (traded through) or the best ask ``<= P`` (crossed),
+    - all ``n`` if a trade prints below ``P`` (traded through) or the best ask ``<= P`` (crossed;
+      a taker's remainder only once a row since its arrival showed the best ask ``> P``: the
+      replayed book still shows the levels it took),
     - ``min(n, V - Q)`` if ``V`` shares trade at ``P`` on the bid side and ``V > Q``; else ``Q -= V``.
   Trades come from ``trade_px/trade_sz/trade_side``, or from LOBSTER execution messages
   (types 4, 5) when the book carries them. Cancellations never shrink ``Q``.  Asks mirror bids.
@@ -31,6 +34,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import CMMInputError
+from .episodes import episode_bounds, resolve_episode_length
 from .quoting import (EPS, P_DEPTHCAP, P_HFT, P_LAT, P_LATNS, P_LIMIT, P_LOT, P_MAKER, P_MSGS,
                       P_PARTIAL, P_POSTONLY, P_RESPNS, P_TAKER, P_TICK, _limit_raw, params, quote)
 
@@ -39,13 +43,13 @@ F_CASH, F_INV, F_BSZ, F_BQ, F_ASZ, F_AQ, F_FEES, F_VOL, F_QUOTED, F_LFS0, F_LFS1
 NF = 11  # F_LFS0/1: size of the last fill per side (the trader's view of inventory, hftbacktest model)
 # int state  [NI]
 (I_BPX, I_APX, I_NFILL, I_NPLACED, I_NFILLED, I_BHIT, I_AHIT, I_ROW,
- I_PH0, I_PC0, I_PH1, I_PC1, I_NLOG, I_LFT0, I_LFT1, I_QR0, I_QR1) = range(17)
-NI = 17  # I_NFILL counts this account's fills, I_NLOG the rows written to the fills log,
-# I_LFT0/1 the exchange time of the last fill per side, I_QR0/1 the last row the depth cap saw
+ I_PH0, I_PC0, I_PH1, I_PC1, I_NLOG, I_LFT0, I_LFT1, I_QR0, I_QR1, I_TK0, I_TK1) = range(19)
+NI = 19  # I_NFILL counts this account's fills, I_NLOG the rows written to the fills log,
+# I_LFT0/1 the exchange time of the last fill per side, I_QR0/1 the last row the depth cap saw,
+# I_TK0/1 the crossed-rule guard of a taker's remainder: first row not yet scanned (0 = none)
 # pending orders per side: a FIFO ring (activation rows are non-decreasing)
 PEND_CAP = 64
 NEVER = np.iinfo(np.int64).max  # activation row of an empty FIFO
-ROOM = 2 * PEND_CAP + 4  # most fills between two checks of the log's size (one row, or one decision)
 # what an order reaching the exchange does (see _arrive)
 GONE, KEEP, REJECT, TAKE, REST = range(5)
 # fills log columns: int64 [n, 4] and float64 [n, 3]
@@ -93,12 +97,19 @@ def level_size(px, sz, r, price, is_bid, unknown):
     return unknown
 
 
+@njit(cache=True, inline="always")
+def _room(levels):
+    """Most fills between two checks of the log's size (one row, or one decision): every order
+    in flight (``PEND_CAP`` per side) may take, walking up to ``levels`` levels, then two matches."""
+    return 2 * PEND_CAP * levels + 4
+
+
 @njit(cache=True)
-def _grow(log_i, log_f, n):
-    """The fills log (``n`` rows used) with room for ``ROOM`` more rows (x2 when short)."""
-    if log_i.shape[0] == 0 or n + ROOM <= log_i.shape[0]:
+def _grow(log_i, log_f, n, room):
+    """The fills log (``n`` rows used) with ``room`` more rows free (x2 when short)."""
+    if log_i.shape[0] == 0 or n + room <= log_i.shape[0]:
         return log_i, log_f
-    gi = np.zeros((2 * log_i.shape[0] + ROOM, 4), np.int64)
+    gi = np.zeros((2 * log_i.shape[0] + room, 4), np.int64)
     gf = np.zeros((gi.shape[0], 3), np.float64)
     gi[: log_i.shape[0]] = log_i
     gf[: log_f.shape[0]] = log_f
@@ -151,6 +162,50 @@ def _depth_cap(bpx, bsz, apx, asz, prm, fs, is_, side, r):
     fs[Q] = q
     if r > is_[I_QR0 + side]:
         is_[I_QR0 + side] = r
+
+
+@njit(cache=True, inline="always")
+def _left_since(bpx, apx, is_, side, r):
+    """Whether the opposite best moved strictly beyond our price ``P`` (ask ``> P`` for a bid) at a
+    row ``g .. r-1``, ``g = is_[I_TK0+side]`` the first row not yet scanned, when the best of row
+    ``r`` has reached ``P`` again. The guard of a taker's remainder: until then the book still
+    shows the levels it took (our orders never move the replayed book) and the crossed rule would
+    fill it again against them. Clears the guard when it returns True, else moves it past ``r``
+    (each row is scanned once). One exit, no early return: inlining it costs no reference counting."""
+    P = is_[I_BPX + side]
+    k = is_[I_TK0 + side]
+    while k < r and ((apx[k, 0] <= P) if side == 0 else (bpx[k, 0] >= P)):
+        k += 1
+    is_[I_TK0 + side] = 0 if k < r else r + 1
+    return k < r
+
+
+@njit(cache=True)
+def _take(ts, bpx, bsz, apx, asz, fee, fs, is_, side, x, log_i, log_f):
+    """A taker order on ``side`` reaching the exchange at row ``x``, booked as resting at its
+    limit ``P`` with ``n`` shares (queue 0, :func:`_book_arrival`), walks the opposite side of
+    the book it saw, row ``x - 1``: at each level ``k`` priced at or better than ``P``
+    (``p_k <= P`` for a bid, ``p_k >= P`` for an ask) it fills ``f_k = min(n, s_k)`` at ``p_k``,
+    taker fee, ``n -= f_k``; it stops at the first level beyond ``P``, an empty level (size 0,
+    padding), the last level, or ``n = 0``. What is left rests at ``P`` (:func:`_left_since`).
+    One fill in the log per level; an order with a fill counts as filled. An ordinary call (not
+    inlined): takers are rare."""
+    SZ = F_BSZ + 2 * side
+    P = is_[I_BPX + side]
+    n0 = fs[SZ]
+    n = n0
+    for k in range(bpx.shape[1]):
+        p = apx[x - 1, k] if side == 0 else bpx[x - 1, k]
+        s = asz[x - 1, k] if side == 0 else bsz[x - 1, k]
+        if n <= 0 or s <= 0 or (p > P if side == 0 else p < P):
+            break
+        f = min(n, s)
+        _log_fill(fs, is_, side, x, ts[x], p, f, fee, True, log_i, log_f)
+        n -= f
+    fs[SZ] = n
+    if n < n0:
+        is_[I_BHIT + side] = 1
+        is_[I_NFILLED] += 1
 
 
 @njit(cache=True, inline="always")
@@ -208,7 +263,10 @@ def _match(ts, bpx, bsz, apx, asz, prm, fs, is_, side, r, tp, tv, sd, msg, log_i
             fs[Q] = 0.0
         else:
             fs[Q] -= V
-    if (side == 0 and apx[r, 0] <= P) or (side == 1 and bpx[r, 0] >= P):
+    crossed = apx[r, 0] <= P if side == 0 else bpx[r, 0] >= P
+    if crossed and is_[I_TK0 + side] > 0:  # a taker's remainder: not against the levels it took
+        crossed = _left_since(bpx, apx, is_, side, r)
+    if crossed:
         fill = rem  # crossed by the opposite best
     if fill > 0:
         _log_fill(fs, is_, side, r, ts[r], P, fill, prm[P_MAKER], False, log_i, log_f)
@@ -319,8 +377,9 @@ def _arrive(hft, post_only, side, px, size, sz, P, opp):
     """What an order (``px``, ``size``) reaching the exchange on ``side`` does, our resting order
     there being (``P``, ``sz``) and ``opp`` the opposite best of the book it sees: GONE (size 0:
     the side is withdrawn), KEEP (design model: same price, size not increased: a modify that keeps
-    queue priority), REJECT (it would take, post-only), TAKE (a taker fill of ``size`` at ``opp``),
-    REST (a new order at the back of the queue). All but KEEP cancel the resting order."""
+    queue priority), REJECT (it would take, post-only), TAKE (a taker order: it walks the opposite
+    side, :func:`_take`), REST (a new order at the back of the queue). All but KEEP cancel the
+    resting order."""
     what = REST
     if size <= 0:
         what = GONE
@@ -334,19 +393,23 @@ def _arrive(hft, post_only, side, px, size, sz, P, opp):
 @njit(cache=True, inline="always")
 def _book_arrival(fs, is_, side, what, px, size, prev):
     """Book what an order (``px``, ``size``) reaching the exchange on ``side`` does (:func:`_arrive`):
-    KEEP resizes the resting order, anything else cancels it; TAKE and REST count as placed orders;
-    REST rests at the back of the queue. It saw the book of row ``prev``, whose displayed size at
-    ``px`` :func:`_match` reads as the queue ahead when a print first needs it (NaN until then). The
-    caller books a TAKE's fill. Straight-line code: inlining it costs no reference counting."""
-    fs[F_BSZ + 2 * side] = size if what == KEEP or what == REST else 0.0
+    KEEP resizes the resting order, anything else cancels it; TAKE and REST count as placed orders
+    and rest at ``px``. A REST order waits at the back of the queue: it saw the book of row
+    ``prev``, whose displayed size at ``px`` :func:`_match` reads as the queue ahead when a print
+    first needs it (NaN until then). A TAKE order has queue 0 (nothing shows at ``px`` on its own
+    side: the book was uncrossed) and the crossed-rule guard from row ``prev + 1``; the caller
+    walks the book with it (:func:`_take`). Straight-line code: inlining it costs no reference
+    counting."""
+    fs[F_BSZ + 2 * side] = 0.0 if what == GONE or what == REJECT else size
     if what == TAKE or what == REST:
         is_[I_NPLACED] += 1
         fs[F_QUOTED] += size
-    if what == REST:
         is_[I_BPX + side] = px
         is_[I_BHIT + side] = 0
         is_[I_QR0 + side] = prev
-        fs[F_BQ + 2 * side] = np.nan
+        fs[F_BQ + 2 * side] = 0.0 if what == TAKE else np.nan
+    if what != KEEP:
+        is_[I_TK0 + side] = prev + 1 if what == TAKE else 0
 
 
 @njit(cache=True)
@@ -362,7 +425,7 @@ def _run(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, pi
         if j >= 0:
             return log_i, log_f, j
         j = -j - 1
-        log_i, log_f = _grow(log_i, log_f, is_[I_NLOG])
+        log_i, log_f = _grow(log_i, log_f, is_[I_NLOG], _room(bpx.shape[1]))
 
 
 @njit(cache=True)
@@ -385,10 +448,10 @@ def _loop(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, p
     occurs (asks mirror), so the common row skips :func:`_match`, which reads the queue ahead on
     arrival (left NaN by the placement) and catches the depth cap up over the skipped rows.
 
-    Returns the next decision; or, when the fills log (non-empty) has less than ``ROOM`` rows
-    free, ``-(next decision) - 1`` with ``is_[I_ROW]`` at the next row: :func:`_run` grows the log
-    and calls again (an array reassigned inside the loop would be reference-counted on every
-    iteration)."""
+    Returns the next decision; or, when the fills log (non-empty) has less than ``_room(L)`` rows
+    free (``L`` book levels), ``-(next decision) - 1`` with ``is_[I_ROW]`` at the next row:
+    :func:`_run` grows the log and calls again (an array reassigned inside the loop would be
+    reference-counted on every iteration)."""
     msg = prm[P_MSGS] > 0
     hft = prm[P_HFT] > 0
     post_only = prm[P_POSTONLY] > 0
@@ -396,12 +459,12 @@ def _loop(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, p
     resp, limit = np.int64(prm[P_RESPNS]), prm[P_LIMIT]
     timed, latns, lat = prm[P_LATNS] > 0 or hft, np.int64(prm[P_LATNS]), np.int64(prm[P_LAT])
     rec, tick = eq.shape[0] > 0, prm[P_TICK]
-    nlog = log_i.shape[0]  # 0: no log
+    nlog, room = log_i.shape[0], _room(bpx.shape[1])  # nlog 0: no log
     r = is_[I_ROW]
     j = j0
     d, t = np.int64(0), np.int64(0)
     known, inv_b, inv_a = 0.0, 0.0, 0.0
-    tk_side, tk_px = 0, np.int64(0)
+    tk_side = 0
     due = NEVER  # the earliest activation row in the pending FIFOs
     for side in range(2):
         if is_[I_PC0 + 2 * side] > 0:
@@ -410,7 +473,7 @@ def _loop(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, p
         dec = j < j1 and (dec_rows[j] < r or r >= r1)
         if not dec and r >= r1:
             break
-        if is_[I_NLOG] + ROOM > nlog > 0:
+        if is_[I_NLOG] + room > nlog > 0:
             is_[I_ROW] = r
             return -j - 1
         x = r  # orders due at row x reach the exchange now (they see row x - 1)
@@ -418,8 +481,8 @@ def _loop(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, p
             d, t = dec_rows[j], dec_ts[j]
             x = d + 1
             known = inv_b = inv_a = fs[F_INV]
-        while due <= x:  # a taker fill stops the pass; it is booked below, then the pass resumes
-            tk_size = 0.0
+        while due <= x:  # a taker order stops the pass; it walks the book below, then the pass resumes
+            took = False
             for side in range(2):
                 h = is_[I_PH0 + 2 * side]
                 c = is_[I_PC0 + 2 * side]
@@ -431,20 +494,19 @@ def _loop(ts, bpx, bsz, apx, asz, tpx, tsz, tsd, mt, mp, ms, md, prm, fs, is_, p
                     opp = apx[x - 1, 0] if side == 0 else bpx[x - 1, 0]
                     what = _arrive(hft, post_only, side, px, size, fs[F_BSZ + 2 * side], is_[I_BPX + side], opp)
                     _book_arrival(fs, is_, side, what, px, size, x - 1)
-                    if what == TAKE:  # taker: executes at the opposite best, whole size, taker fee
-                        tk_side, tk_px, tk_size = side, opp, size
+                    if what == TAKE:  # taker: walks the opposite side of row x - 1 (_take)
+                        tk_side, took = side, True
                         break
                 is_[I_PH0 + 2 * side] = h
                 is_[I_PC0 + 2 * side] = c
-                if tk_size > 0:
+                if took:
                     break
             due = NEVER
             for side in range(2):
                 if is_[I_PC0 + 2 * side] > 0:
                     due = min(due, pi[side, is_[I_PH0 + 2 * side], 0])
-            if tk_size > 0:  # logged out here: a call inside the FIFO loop slows every pass (~15%)
-                _log_fill(fs, is_, tk_side, x, ts[x], tk_px, tk_size, taker_fee, True, log_i, log_f)
-                is_[I_NFILLED] += 1
+            if took:  # filled out here: a call inside the FIFO loop slows every pass (~15%)
+                _take(ts, bpx, bsz, apx, asz, taker_fee, fs, is_, tk_side, x, log_i, log_f)
         if dec:
             while True:  # decision j, then (a burst, see below) the next ones at row d
                 if hft:
@@ -760,14 +822,6 @@ class Engine:
 
 
 # ------------------------------------------------------------------ the backtest
-def episode_bounds(start_row: int, end_row: int, episode_length: int | None) -> np.ndarray:
-    """[E, 2] (first row, end row) of consecutive episodes of ``episode_length`` rows."""
-    if episode_length is None or episode_length <= 0:
-        return np.array([[start_row, end_row]], np.int64)
-    starts = np.arange(start_row, end_row, int(episode_length), dtype=np.int64)
-    return np.stack([starts, np.minimum(starts + int(episode_length), end_row)], axis=1)
-
-
 def default_end_row(decision_rows: np.ndarray, n_rows: int) -> int:
     """Last decision + the median decision interval (its quotes rest that long), capped at N."""
     d = np.asarray(decision_rows)
@@ -833,7 +887,7 @@ def _check_decisions(dec, dts, ts):
 
 
 def run_backtest(book, decision_rows, signals, market_cfg=None, episode_length=None, end_row=None,
-                 raw_quotes: bool = False, decision_ts=None, metrics: bool = True) -> BacktestResult:
+                 raw_quotes: bool = False, decision_ts=None, metrics: bool = True, episodes=None) -> BacktestResult:
     """Replay ``book`` with quotes decided after each of ``decision_rows`` (increasing).
 
     ``decision_ts`` (int64 ns, strictly increasing, ``>= ts[decision_rows]``) puts decisions on a
@@ -845,9 +899,11 @@ def run_backtest(book, decision_rows, signals, market_cfg=None, episode_length=N
 
     ``signals`` [D, 4] = (m̂, ŝ, v̂, η) per decision (quoting.py), or with ``raw_quotes`` the quotes
     themselves (bid_px ticks, bid_size, ask_px ticks, ask_size; the inventory rule still applies).
-    Rows [decision_rows[0], end_row) are cut into episodes of ``episode_length`` rows
-    (default ``market_cfg.episode_length``; None = one episode); each starts flat and is marked
-    to mid at its last row. All numbers in currency (ticks x ``book.tick_size``).
+    Rows [decision_rows[0], end_row) are cut into episodes of ``episode_length`` (rows, a
+    duration such as "30min", "auto" = ``market_cfg.n_episodes`` equal parts, None = one episode;
+    default ``market_cfg.episode_length``; see ``episodes.py``), or ``episodes`` [E, 2] gives them
+    (first row, end row); each starts flat and is marked to mid at its last row (an episode without
+    a decision is dropped). All numbers in currency (ticks x ``book.tick_size``).
     """
     from .metrics import summarize_episodes
 
@@ -875,7 +931,12 @@ def run_backtest(book, decision_rows, signals, market_cfg=None, episode_length=N
     end = default_end_row(dec, book.n) if end_row is None else int(min(end_row, book.n))
     keep = int(np.searchsorted(dec, end))  # sorted: the decisions before the end row are a prefix
     dec, sig, dts = dec[:keep], sig[:keep], dts[:keep]
-    eps = episode_bounds(int(dec[0]), end, episode_length)
+    if episodes is not None:
+        eps = np.asarray(episodes, np.int64).reshape(-1, 2)
+    else:
+        n_eps = int(getattr(market_cfg, "n_episodes", 20) if market_cfg is not None else 20)
+        eps = episode_bounds(int(dec[0]), end, resolve_episode_length(episode_length, end - int(dec[0]), n_eps),
+                             ts=bk[0])
     lo = np.searchsorted(dec, eps[:, 0])
     hi = np.searchsorted(dec, eps[:, 1])
     has = hi > lo

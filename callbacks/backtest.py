@@ -1,10 +1,14 @@
-"""BacktestCallback: each validation epoch, trade the module's current predictions (DESIGN §7).
+"""BacktestCallback: each validation epoch, trade the module's current predictions (README,
+"Market making"). ``fit`` attaches it to every student module and every MoE.
 
 Contract with the module: ``pl_module.predict_windows(x: Tensor[B, T, F]) -> Tensor[B, 3]``
 (mid move, spread, log1p volume in target units). The callback turns them into signals with
-``market.policies.predictions``, replays the validation split through the compiled engine and
-logs ``backtest/{epnl,map,pnlmap,sharpe,max_drawdown,n_trades,fill_rate}`` plus an equity-curve
-figure on loggers that take images (TensorBoard ``add_figure``, W&B ``log_image``).
+``market.policies.predictions`` (the market config's quoting knobs: calibration needs trained
+models), replays the validation windows the Trainer's datamodule serves (``split_ids``: for the
+stacked MoE, the val half it does not fit on) through the compiled engine and logs
+``backtest/{epnl,map,pnlmap,sharpe,max_drawdown,n_trades,fill_rate}`` (means over episodes;
+``pnlmap`` pooled, ΣEPnL / Σ max(MAP, 1)) plus an equity-curve figure on loggers that take images
+(TensorBoard ``add_figure``, W&B ``log_image``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from cmm_lightning.market.calibrate import pooled_pnlmap
 from cmm_lightning.market.engine import BacktestResult, run_backtest
 from cmm_lightning.market.policies import equity_figure, predictions, train_volume_ref
 
@@ -47,7 +52,8 @@ class BacktestCallback(L.Callback):
         if w is None:
             raise ValueError("BacktestCallback: pass book, decision_rows and inputs, or use a datamodule "
                              "with a .windows WindowSet")
-        idx = w.indices(self.split)
+        dm = trainer.datamodule
+        idx = dm.split_ids(self.split) if hasattr(dm, "split_ids") else w.indices(self.split)
         self.book = w.book if self.book is None else self.book
         self.decision_rows = w.end[idx] if self.decision_rows is None else self.decision_rows
         self.inputs = w.inputs(idx) if self.inputs is None else self.inputs
@@ -73,7 +79,9 @@ class BacktestCallback(L.Callback):
         sig = predictions(preds, self.cfg, self.volume_ref)
         res = run_backtest(self.book, self.decision_rows, sig, self.cfg)
         self.last_result = res
+        em = res.episode_metrics
         vals = {f"{self.prefix}{k}": float(res.metrics[k]) for k in LOGGED}
+        vals[f"{self.prefix}pnlmap"] = pooled_pnlmap([e["epnl"] for e in em], [e["map"] for e in em])
         self.history.append(vals)
         pl_module.log_dict(vals, on_step=False, on_epoch=True, sync_dist=False)
         if self.log_figure:

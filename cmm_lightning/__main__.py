@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "fit": "the whole pipeline: prepare → cache-teacher → probe → students → Hájek-MoE → test/backtest",
     "backtest": "market-making backtest of every policy on the test split; results table + equity plot",
     "test": "evaluate the trained students and MoE on the test split (report.json)",
+    "evaluate": "fit over many datasets (evaluate.*: synthetic seeds, LOBSTER days, tables, walk-forward) "
+                "and pool them with CIs (evaluation.json)",
 }
 
 EPILOG = """\
@@ -31,6 +33,7 @@ examples:
   python -m cmm_lightning fit
   python -m cmm_lightning fit --config conf/smoke.yaml run.dir=runs/smoke
   python -m cmm_lightning prepare data.source=lobster data.path=../shared/data/lobster
+  python -m cmm_lightning evaluate --config conf/evaluate.yaml
 """
 
 
@@ -81,10 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(OmegaConf.to_yaml(cfg, resolve=True), end="")
             return 0
-        from . import pipeline
-
         quiet_libraries()
-        pipeline.run(args.command, cfg)
+        if args.command == "evaluate":
+            from .evaluate import evaluate
+
+            evaluate(cfg)
+        else:
+            from . import pipeline
+
+            pipeline.run(args.command, cfg)
     except CMMInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

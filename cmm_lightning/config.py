@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .errors import CMMInputError
@@ -36,12 +36,18 @@ class SyntheticConfig:
     start_price: float = 100.0  # currency units
     mean_regime_length: int = 500  # mean regime spell (geometric); short enough for all 3 in every split
     ofi_signal: float = 0.7  # strength of imbalance -> next mid move (ridge R² on mid ≈ 0.2)
+    # days of n_snapshots each (seeds seed, seed+1, ...; each day starts at 09:30 the next calendar
+    # day and continues from the previous day's last mid); > 1 gives a multi-day book
+    days: int = 1
 
 
 @dataclass
 class DataConfig:
     source: str = "synthetic"  # synthetic | lobster | csv | parquet
-    path: Optional[str] = None  # file or folder (LOBSTER: orderbook, message or their folder)
+    # file or folder (LOBSTER: orderbook, message or their folder), or a list of them. Several days of
+    # ONE instrument (a LOBSTER folder of one ticker, a folder of tables, a list) load as one multi-day
+    # book; windows never span days
+    path: Any = None
     tick_size: float = 0.01  # tables: currency per tick
     levels: int = 5  # book levels kept
     window: int = 32  # T snapshots per input window
@@ -50,6 +56,9 @@ class DataConfig:
     max_windows: Optional[int] = None  # keep only the last N windows (None: all)
     split: list = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train / val / test fractions
     gap: Optional[int] = None  # snapshots between splits (default and minimum: horizon)
+    # fraction: data.split fractions of the time span; day: last day test, the day before val,
+    # earlier days train (needs >= 3 days; walk-forward)
+    split_by: str = "fraction"
     batch_size: int = 256
     num_workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -68,8 +77,8 @@ class TeacherConfig:
     max_windows: Optional[int] = 512
     prefix_cache: bool = True
     trust_remote_code: bool = False
-    agent: bool = False  # also decode the LLM-as-agent numbers (slow)
-    agent_max_windows: int = 64
+    agent: bool = False  # also decode the LLM-as-agent numbers (llm_agent; slow: one generation per window)
+    agent_max_windows: Optional[int] = None  # decode at most this many of the test windows the teacher read
 
 
 @dataclass
@@ -120,10 +129,34 @@ class MoEConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    """Quoting knobs of every policy chosen on val (README, "Equal tuning"): each policy family
+    searches its own grid, all grids the same size, one objective, on the val windows the MoE did
+    not fit on. A knob set that trades less than ``min_trades_per_episode`` fills per episode on
+    average is not eligible (a policy that barely trades must not win by dividing by a tiny MAP)."""
+
+    enabled: bool = True
+    objective: str = "pnlmap"  # pnlmap (pooled ΣEPnL / ΣMAP) | epnl (mean per episode) | sharpe
+    min_trades_per_episode: float = 2.0
+    # prediction-driven policies (cmm, ablations, cmm_no_teacher, single_student_kd, teacher_probe,
+    # llm_agent): spread_mult x eta x size_scale
+    spread_mult: list = field(default_factory=lambda: [0.5, 1.0, 2.0])  # c in δ = max(1, c·ŝ/2)
+    eta: list = field(default_factory=lambda: [0.0, 0.02, 0.08])  # inventory skew, ticks per share
+    size_scale: list = field(default_factory=lambda: [0.5, 1.0, 2.0])  # x the size signal v̂
+    # fixed_spread: half_spread x eta x size_scale
+    half_spread: list = field(default_factory=lambda: [1.0, 2.0, 3.0])  # ticks
+    # avellaneda_stoikov: gamma_mult x size_scale (c cancels in the AS spread)
+    gamma_mult: list = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
+
+
+@dataclass
 class MarketConfig:
+    # cmm (+ cmm_<mode> for each MoE ablation), cmm_no_teacher, single_student_kd, fixed_spread,
+    # avellaneda_stoikov; teacher_probe and llm_agent trade only where the teacher read the window
+    # (the teacher table); rl_ppo / cmm_rl come with rl.enabled
     policies: list = field(
         default_factory=lambda: [
-            "cmm", "fixed_spread", "avellaneda_stoikov", "teacher_probe", "single_student_kd",
+            "cmm", "cmm_no_teacher", "single_student_kd", "fixed_spread", "avellaneda_stoikov", "teacher_probe",
         ]
     )
     eta: float = 0.05  # inventory skew, ticks per share of inventory
@@ -136,7 +169,12 @@ class MarketConfig:
     latency: int = 1  # snapshots, entry and cancel alike
     maker_fee: float = 0.0  # per share traded, in currency (negative = rebate)
     taker_fee: float = 0.0
-    episode_length: Optional[int] = None  # snapshots per episode (None: whole split)
+    # episodes the test split is cut into (each starts flat, ends marked to mid): rows (int), a
+    # duration ("30min", "90s"), "auto" (the test split in n_episodes equal parts) or null (one)
+    episode_length: Any = "auto"
+    n_episodes: int = 20
+    backtest_every_n_epochs: int = 1  # val backtest logged while students / MoE train (0: off)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     # fill model details (README, "Market making: quotes, fill model and metrics")
     latency_ns: int = 0  # > 0: latency in ns of exchange time (active at first row with ts >= t + latency_ns)
     lot_size: float = 1.0  # shares per lot; quote sizes are whole lots
@@ -163,7 +201,8 @@ class RLConfig:
     action: str = "discrete"  # discrete | continuous
     offsets: list = field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0])  # reservation offset grid, ticks
     half_spreads: list = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0])  # half-spread grid, ticks
-    episode_length: int = 1_000  # rows per training segment (market.episode_length wins when set)
+    episode_length: int = 1_000  # rows per training segment when market.episode_length is null
+    crossfit_folds: int = 3  # cmm_rl trains on out-of-fold CMM predictions (students cross-fitted on train)
     n_envs: int = 32  # training episodes stepped at once (one numba call)
     n_steps: int = 128  # PPO rollout length per env
     batch_size: int = 512
@@ -199,6 +238,17 @@ class LoggerConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """``evaluate``: the pipeline over many datasets, pooled (cmm_lightning/evaluate.py)."""
+
+    synthetic_seeds: list = field(default_factory=list)  # one synthetic market per data.synthetic.seed
+    paths: list = field(default_factory=list)  # files / folders (a LOBSTER folder: one dataset per day)
+    walk_forward: bool = False  # paths are days of one instrument: train+val on earlier days, test the next
+    datasets: list = field(default_factory=list)  # [{name: ..., <config overrides>}]
+    seeds: list = field(default_factory=lambda: [0])  # run.seed values (training seeds)
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -210,6 +260,7 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def _all_keys(node: dict, prefix: str = "") -> list[str]:
@@ -294,6 +345,7 @@ def _merge(cfg: DictConfig, layer: DictConfig, source: str) -> DictConfig:
 
 _CHOICES = {
     "data.source": ("synthetic", "lobster", "csv", "parquet"),
+    "data.split_by": ("fraction", "day"),
     "teacher.pooling": ("mean", "last"),
     "probe.grouping": ("thirds", "profile"),
     "students.encoder": ("tcn", "gru", "mixer"),
@@ -301,6 +353,8 @@ _CHOICES = {
     "moe.mode": ("uniform", "gate", "hajek", "hajek_gate"),
     "moe.sigma": ("median", "learned"),
     "moe.fit_on": ("train", "val"),
+    "market.fill_model": ("design", "hftbacktest"),
+    "market.calibrate.objective": ("pnlmap", "epnl", "sharpe"),
     "rl.action": ("discrete", "continuous"),
     "logger.kind": ("csv", "wandb", "none"),
 }
@@ -317,9 +371,48 @@ def _validate(cfg: DictConfig) -> None:
         raise CMMInputError(
             f"config: data.gap={cfg.data.gap} must be at least data.horizon={cfg.data.horizon}"
         )
-    for key in ("data.window", "data.horizon", "data.stride", "data.levels"):
+    for key in ("data.window", "data.horizon", "data.stride", "data.levels", "data.synthetic.days"):
         if OmegaConf.select(cfg, key) < 1:
             raise CMMInputError(f"config: {key} must be >= 1")
+    _validate_data_path(cfg.data.path)
+    _validate_market(cfg)
+
+
+POLICIES = ("cmm", "cmm_no_teacher", "single_student_kd", "fixed_spread", "avellaneda_stoikov", "teacher_probe",
+            "llm_agent")
+
+
+def _validate_market(cfg: DictConfig) -> None:
+    """Policies, episodes and the calibration grids, checked before anything trains."""
+    from .market.calibrate import check_grids
+    from .market.episodes import check_episode_length
+
+    for name in cfg.market.policies:
+        if name not in POLICIES:
+            close = difflib.get_close_matches(str(name), POLICIES, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (one of {', '.join(POLICIES)})"
+            raise CMMInputError(f"config: market.policies has unknown policy '{name}'{hint}")
+    if "llm_agent" in cfg.market.policies and not cfg.teacher.agent:
+        raise CMMInputError("config: policy 'llm_agent' needs teacher.agent=true (the teacher's generated numbers)")
+    check_episode_length(cfg.market.episode_length)
+    if cfg.market.n_episodes < 1:
+        raise CMMInputError("config: market.n_episodes must be >= 1")
+    check_grids(cfg.market.calibrate)
+    if cfg.rl.enabled and cfg.rl.crossfit_folds < 2:
+        raise CMMInputError("config: rl.crossfit_folds must be >= 2 (cmm_rl learns on out-of-fold predictions)")
+
+
+def _validate_data_path(path: Any) -> None:
+    """``data.path``: None, a non-empty string, or a non-empty list of non-empty strings."""
+    if path is None:
+        return
+    is_list = isinstance(path, (list, tuple, ListConfig))
+    items = list(path) if is_list else [path]
+    if is_list and not items:
+        raise CMMInputError("config: data.path is an empty list; give a file, a folder or a list of them")
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)) or not str(item).strip():
+            raise CMMInputError(f"config: data.path must be a file or folder path or a list of them, got {item!r}")
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:

@@ -44,6 +44,7 @@ class Run:
         self.report: dict = read_json(report_path) if report_path.is_file() else {}
         self.report["run_dir"] = str(self.dir)
         self.timings: dict[str, float] = {}
+        self._predictions: dict[str, np.ndarray] = {}
 
     def save_report(self) -> Path:
         self.report["timings_s"] = {**self.report.get("timings_s", {}), **self.timings}
@@ -71,6 +72,8 @@ class Run:
     @cached_property
     def windows(self):
         from .data import build_windows
+        from .market.engine import default_end_row
+        from .market.episodes import resolve_episode_length
 
         windows = self.timed("prepare", lambda: build_windows(self.cfg.data))
         summary = windows.summary()
@@ -79,7 +82,14 @@ class Run:
         if self.rank_zero:
             write_json(self.dir / "data_summary.json", summary)
         self.report["data"] = {"source": summary["source"], "n_snapshots": summary["n_snapshots"],
-                               "n_windows": summary["n_windows"], "regime_cuts": summary["regime_cuts"]}
+                               "tick_size": summary["tick_size"], "n_windows": summary["n_windows"],
+                               "regime_cuts": summary["regime_cuts"]}
+        # "auto" episodes: the test split in market.n_episodes parts; val (calibration), test and the
+        # RL agents then all use this one length in rows
+        rows = windows.end[windows.indices("test")]
+        m = self.cfg.market
+        m.episode_length = resolve_episode_length(m.episode_length, default_end_row(rows, windows.book.n) - rows[0],
+                                                  m.n_episodes)
         return windows
 
     @cached_property
@@ -124,7 +134,8 @@ class Run:
                                                               self.dir, None))
             write_json(stamp, key)
         summ = res.summary()
-        self.report["probe"] = {"best_layer": res.plan["best_layer"], "plan": res.plan, "summary": summ}
+        self.report["probe"] = {"best_layer": res.plan["best_layer"], "plan": res.plan, "summary": summ,
+                                "selection": "layers and beats_raw chosen on val; r2 = test R² of that layer"}
         from .loggers import log_image_files, log_scalars
 
         log_scalars(self.logger, "probe", {"best_layer": res.plan["best_layer"], "summary": summ})
@@ -141,50 +152,90 @@ class Run:
                              num_workers=self.cfg.data.num_workers, teacher=t.features, teacher_ids=t.ids,
                              seed=self.cfg.run.seed)
 
-    def _callbacks(self) -> list:
+    def _callbacks(self, probe: bool = True) -> list:
+        """Every student module and MoE: the val backtest each epoch; students: their probe too."""
+        from .callbacks.backtest import BacktestCallback
         from .callbacks.probe import StudentProbeCallback
 
-        return [StudentProbeCallback(lambdas=list(self.cfg.probe.lambdas), figure=False)]
+        out = [StudentProbeCallback(lambdas=list(self.cfg.probe.lambdas), figure=False)] if probe else []
+        every = int(self.cfg.market.backtest_every_n_epochs)
+        if every > 0:
+            out.append(BacktestCallback(market_cfg=self.cfg.market, split="val", every_n_epochs=every,
+                                        log_figure=False))
+        return out
 
-    @cached_property
-    def students(self) -> dict:
-        """{dimension: trained students module} for layer, task and data students."""
+    def _train_students(self, cfg, run_dir: Path, name: str = "", probe: bool = True) -> dict:
+        """{dimension: trained students module}; ``name`` prefixes their logger stage and timings."""
         from .loggers import student_logger
         from .students import train_students
 
         plan = self.probe.plan
-        out = {}
-        for dim in DIMENSIONS:
-            out[dim] = self.timed(f"students_{dim}", lambda d=dim: train_students(
-                d, plan, self.datamodule, self.cfg, self.dir, logger=student_logger(self.logger, d),
-                callbacks=self._callbacks(), fingerprint=self.teacher.fingerprint))
-        return out
+        return {d: self.timed(f"students_{name}{d}", lambda d=d: train_students(
+            d, plan, self.datamodule, cfg, run_dir, logger=student_logger(self.logger, f"{name}{d}"),
+            callbacks=self._callbacks(probe), fingerprint=self.teacher.fingerprint)) for d in DIMENSIONS}
+
+    @cached_property
+    def students(self) -> dict:
+        """{dimension: trained students module} for layer, task and data students."""
+        return self._train_students(self.cfg, self.dir)
+
+    @cached_property
+    def no_teacher_cfg(self) -> DictConfig:
+        """The config of ``cmm_no_teacher``: the same students and MoE trained with α = γ = 0."""
+        return OmegaConf.merge(self.cfg, {"students": {"alpha": 0.0, "gamma": 0.0}})
+
+    @cached_property
+    def students_no_teacher(self) -> dict:
+        """The students of ``cmm_no_teacher``: same architectures, data and recipe, task loss only."""
+        return self._train_students(self.no_teacher_cfg, self.dir / "no_teacher", "no_teacher_", probe=False)
 
     @cached_property
     def single_student(self):
-        """The single_student_kd baseline: one student distilled from the teacher's last layer only."""
+        """The single_student_kd baseline: one student distilled from the teacher's last layer only
+        (feature slice and KD readout both from it, FitNet-style), same architecture as a CMM student."""
         from .loggers import student_logger
         from .students import train_students
 
         last = int(self.teacher.meta["n_layers"])
-        plan = {**self.probe.plan, "groups": [[last]], "group_names": ["last_layer"]}
+        plan = {**self.probe.plan, "groups": [[last]], "group_names": ["last_layer"],
+                "best_layer": {t: last for t in self.probe.plan["best_layer"]}}
         return self.timed("single_student_kd", lambda: train_students(
             "layer", plan, self.datamodule, self.cfg, self.dir / "single_student_kd",
-            logger=student_logger(self.logger, "single_student_kd"), fingerprint=self.teacher.fingerprint))
+            logger=student_logger(self.logger, "single_student_kd"), callbacks=self._callbacks(probe=False),
+            fingerprint=self.teacher.fingerprint))
+
+    def _train_moe(self, modules: list, mode: str, cfg, run_dir: Path, stage: str):
+        from .loggers import moe_logger
+        from .moe import train_moe
+
+        return self.timed(stage, lambda: train_moe(modules, self.datamodule, cfg, run_dir, mode=mode,
+                                                   logger=moe_logger(self.logger, stage[4:]),
+                                                   callbacks=self._callbacks(probe=False),
+                                                   fingerprint=self.teacher.fingerprint))
 
     @cached_property
     def moe(self) -> dict:
         """{mode: trained HajekMoE}: the configured mode first, then the ablations."""
-        from .loggers import moe_logger
-        from .moe import train_moe
-
         modes = [self.cfg.moe.mode] + ([m for m in MOE_MODES if m != self.cfg.moe.mode]
                                        if self.cfg.moe.ablations else [])
         modules = list(self.students.values())
-        return {m: self.timed(f"moe_{m}", lambda m=m: train_moe(modules, self.datamodule, self.cfg, self.dir,
-                                                                   mode=m, logger=moe_logger(self.logger, m),
-                                                                   fingerprint=self.teacher.fingerprint))
-                for m in modes}
+        return {m: self._train_moe(modules, m, self.cfg, self.dir, f"moe_{m}") for m in modes}
+
+    @cached_property
+    def moe_no_teacher(self):
+        """``cmm_no_teacher``: the configured MoE mode over the no-teacher students."""
+        mode = self.cfg.moe.mode
+        return self._train_moe(list(self.students_no_teacher.values()), mode, self.no_teacher_cfg,
+                               self.dir / "no_teacher", f"moe_no_teacher_{mode}")
+
+    @cached_property
+    def crossfit(self) -> np.ndarray:
+        """[W, 3] out-of-fold CMM predictions on the train windows (``cmm_rl``'s training view)."""
+        from .moe.crossfit import crossfit_predictions
+
+        return self.timed("crossfit", lambda: crossfit_predictions(
+            self.datamodule, self.probe.plan, self.cfg, self.dir / "crossfit", self.teacher.fingerprint,
+            int(self.cfg.rl.crossfit_folds)))
 
     @cached_property
     def cmm(self):
@@ -199,18 +250,48 @@ class Run:
     @cached_property
     def cmm_predictions(self) -> np.ndarray:
         """[W, 3] predictions of the configured MoE for every window (cmm policy, cmm_rl observation)."""
-        return self.predict(self.moe[self.cfg.moe.mode], np.arange(len(self.windows.end)))
+        return self.predictions("cmm")
 
-    def predict(self, module, ids: np.ndarray, batch: int = 2048) -> np.ndarray:
+    def predict(self, module, ids: np.ndarray) -> np.ndarray:
         """[len(ids), 3] predictions of a students/MoE module, in target units."""
-        import torch
+        from .moe.crossfit import predict_ids
 
-        out = []
-        with torch.no_grad():
-            for s in range(0, len(ids), batch):
-                x = torch.from_numpy(self.windows.inputs(ids[s:s + batch]))
-                out.append(module.predict_windows(x).float().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+        return predict_ids(module, self.windows, ids)
+
+    def predictions(self, policy: str) -> np.ndarray:
+        """[W, 3] a prediction-driven policy's predictions for every window (target units), NaN
+        where it has none: teacher_probe and llm_agent only where the teacher read the window."""
+        if policy in self._predictions:
+            return self._predictions[policy]
+        W = len(self.windows.end)
+        every = np.arange(W)
+        if policy == "cmm":
+            out = self.predict(self.moe[self.cfg.moe.mode], every)
+        elif policy.startswith("cmm_") and policy[4:] in self.moe:
+            out = self.predict(self.moe[policy[4:]], every)
+        elif policy == "cmm_no_teacher":
+            out = self.predict(self.moe_no_teacher, every)
+        elif policy == "single_student_kd":
+            out = self.predict(self.single_student, every)
+        elif policy == "teacher_probe":  # the teacher as a trader: the probe's readout of its features
+            out = np.full((W, 3), np.nan, np.float32)
+            out[self.teacher.ids] = self.probe.readout(self.teacher.features)
+        elif policy == "llm_agent":  # the teacher's generated numbers (NaN: unparsable -> no quotes)
+            blob = self.agent_answers
+            out = np.full((W, 3), np.nan, np.float32)
+            out[blob["ids"]] = blob["preds"]
+        else:
+            raise CMMInputError(f"config: market.policies has unknown policy '{policy}'")
+        self._predictions[policy] = out
+        return out
+
+    @cached_property
+    def agent_answers(self) -> dict:
+        path = self.dir / "teacher" / "agent.npz"
+        if not self.cfg.teacher.agent or not path.is_file():
+            raise CMMInputError("policy 'llm_agent' needs teacher.agent=true (the teacher's generated numbers)")
+        with np.load(path) as z:
+            return {"ids": z["ids"], "preds": z["preds"]}
 
 
 # -------------------------------------------------------------------- stages
@@ -239,7 +320,8 @@ def probe(run: Run) -> None:
 
 
 def test(run: Run) -> None:
-    """Test metrics (R², MSE, MAE per task) of every student, the MoE and its ablations."""
+    """Test metrics (R², MSE, MAE per task) of every student, the MoE and its ablations, and the
+    distilled baselines (cmm_no_teacher, single_student_kd)."""
     from .students import evaluate
 
     dm = run.datamodule
@@ -260,7 +342,16 @@ def test(run: Run) -> None:
         else:
             moe_rep["ablations"][mode] = entry
     run.report["moe"] = moe_rep
-    _print_test_table(students, moe_rep)
+    baselines = {}
+    policies = list(run.cfg.market.policies)
+    if "cmm_no_teacher" in policies:
+        baselines["cmm_no_teacher"] = {"test": evaluate(run.moe_no_teacher, dm, "test")["moe"]}
+    if "single_student_kd" in policies:
+        baselines["single_student_kd"] = {"test": evaluate(run.single_student, dm, "test")["layer_mean"]}
+    run.report["baselines"] = baselines
+    from .report import test_table
+
+    print(test_table(students, moe_rep, baselines))
     from .loggers import log_scalars
 
     for name, s in students.items():
@@ -269,26 +360,18 @@ def test(run: Run) -> None:
     log_scalars(run.logger, f"moe/{moe_rep['mode']}/weights", moe_rep["weights"])
     for mode, e in moe_rep["ablations"].items():
         log_scalars(run.logger, f"moe/{mode}/test", e["test"])
+    for name, e in baselines.items():
+        log_scalars(run.logger, f"baseline/{name}/test", e["test"])
     run.save_report()
 
 
-def _print_test_table(students: dict, moe_rep: dict) -> None:
-    from .data import TASKS
-
-    rows = [(f"{n} ({s['dimension']})", s["test"]) for n, s in students.items()]
-    rows += [(f"MoE {moe_rep['mode']}", moe_rep["test"])]
-    rows += [(f"MoE {m}", e["test"]) for m, e in moe_rep["ablations"].items()]
-    print(f"{'model':<28}" + "".join(f"{t + ' R²':>12}" for t in TASKS))
-    for name, m in rows:
-        print(f"{name:<28}" + "".join(f"{m[t]['r2']:>12.3f}" for t in TASKS))
-
-
 def _latency(run: Run) -> dict:
-    """Per-decision latency at batch 1 on one CPU thread (or the GPU): teacher (prompt → features)
-    and CMM. The teacher's figure was measured when its features were extracted (``meta.json``);
-    it is measured here only for a cache written without it."""
+    """Per-decision latency at batch 1 on one CPU thread, like for like: from the book rows of one
+    window to the three predictions. Teacher: render the prompt, tokenise, forward, pool (measured
+    when its features were extracted, ``meta.json``; here only for a cache written without it).
+    CMM: the compiled path book rows → input window → fused students + Hájek-MoE kernel."""
     from .config import cache_dir as _cache_dir
-    from .export import decision_latency_us
+    from .export import book_decision_latency_us
     from .teacher import load_teacher, measure_latency_us
     from .teacher.cache import target_device
 
@@ -298,107 +381,138 @@ def _latency(run: Run) -> dict:
         model, tok, _ = load_teacher(run.cfg.teacher, _cache_dir(run.cfg), target_device(run.cfg))
         teacher_us = measure_latency_us(model, tok, run.windows, ids, run.cfg)
         del model
-    cmm_us, _ = decision_latency_us(run.cmm, run.windows.inputs(ids[:1])[0])
-    return {"teacher": teacher_us, "cmm": cmm_us, "ratio": round(teacher_us / cmm_us, 1)}
+    cmm_us, cmm_p10 = book_decision_latency_us(run.cmm, run.windows.book, run.windows.end[ids])
+    return {"teacher": teacher_us, "cmm": round(cmm_us, 2), "cmm_p10": round(cmm_p10, 2),
+            "ratio": round(teacher_us / cmm_us, 1), "from": "book rows of one window to the 3 predictions"}
 
 
-def policy_signals(run: Run) -> dict:
-    """{policy: signals [D, 4]} for every configured policy on the test split's decision rows."""
-    from .market import avellaneda_stoikov, fixed_spread, predictions, train_volume_ref
+def _main_policies(run: Run) -> list[str]:
+    """The test table's policies in order: cmm, its MoE ablations right after it, then the rest
+    of ``market.policies`` (the teacher policies have their own table)."""
+    from .compare import TEACHER_POLICIES
 
-    w, mcfg = run.windows, run.cfg.market
-    test_ids = w.indices("test")
-    rows = w.end[test_ids]
-    vref = train_volume_ref(w)
-    train_rows = (w.boundaries["train"][0] - w.window + 1, w.boundaries["train"][1] + 1)
-    want = list(mcfg.policies)
-    sig = {}
-    for name in want:
+    out = []
+    for name in run.cfg.market.policies:
+        if name in TEACHER_POLICIES:
+            continue
+        out.append(name)
         if name == "cmm":
-            sig["cmm"] = predictions(run.cmm_predictions[test_ids], mcfg, vref)
-            for mode, module in run.moe.items():
-                if mode != run.cfg.moe.mode:
-                    sig[f"cmm_{mode}"] = predictions(run.predict(module, test_ids), mcfg, vref)
-        elif name == "fixed_spread":
-            sig[name] = fixed_spread(len(rows), mcfg)
-        elif name == "avellaneda_stoikov":
-            sig[name] = avellaneda_stoikov(w.book, rows, mcfg, train_rows=train_rows)
-        elif name == "teacher_probe":
-            # the slow teacher as a trader: its probe readout from the latest window it has read
-            # (features exist for teacher.max_windows windows; between them it holds its last view)
-            t = run.teacher
-            pos = np.maximum(np.searchsorted(t.ids, test_ids, side="right") - 1, 0)
-            sig[name] = predictions(run.probe.readout(t.features[pos]), mcfg, vref)
-        elif name == "single_student_kd":
-            sig[name] = predictions(run.predict(run.single_student, test_ids), mcfg, vref)
-        elif name == "llm_agent":
-            sig[name] = _agent_signals(run, test_ids, vref)
-        else:
-            raise CMMInputError(f"config: market.policies has unknown policy '{name}'")
-    if run.cfg.rl.enabled:
-        from .market.rl import rl_policies
-
-        sig.update(run.timed("rl", lambda: rl_policies(w, run.cfg, run.dir, preds=run.cmm_predictions,
-                                                       logger=run.logger)))
-    return sig
+            out += [f"cmm_{m}" for m in run.moe if m != run.cfg.moe.mode]
+    return out
 
 
-def _agent_signals(run: Run, test_ids: np.ndarray, vref: float) -> np.ndarray:
-    """LLM-as-agent: the teacher's generated numbers (teacher.agent=true); unparsable → no move, train-mean spread."""
-    from .market import predictions
+def _rl_signals(run: Run) -> dict:
+    """{agent: (test signals, spread_mult, note)}: rl_ppo, and cmm_rl observing the CMM's
+    predictions — cross-fitted (out-of-fold) on the train windows it learns from."""
+    from .market.rl import rl_policies
 
-    path = run.dir / "teacher" / "agent.npz"
-    if not run.cfg.teacher.agent or not path.is_file():
-        raise CMMInputError("policy 'llm_agent' needs teacher.agent=true (the teacher's generated numbers)")
-    blob = np.load(path)
-    preds = np.full((len(test_ids), 3), np.nan, np.float32)
-    pos = np.searchsorted(test_ids, blob["ids"])
-    preds[pos] = blob["preds"]
-    fallback = run.windows.targets[run.windows.indices("train")].mean(axis=0)
-    preds = np.where(np.isnan(preds), fallback, preds)
-    return predictions(preds, run.cfg.market, vref)
+    preds = np.where(np.isnan(run.crossfit), run.cmm_predictions, run.crossfit)
+    sig = run.timed("rl", lambda: rl_policies(run.windows, run.cfg, run.dir, preds=preds, logger=run.logger))
+    note = "PPO trained on train, checkpoint chosen on val; trades with the quoting knobs it learned with"
+    return {k: (v, float(run.cfg.market.spread_mult), note) for k, v in sig.items()}
 
 
-def _run_policies(run: Run, signals: dict) -> dict:
-    """One backtest per policy (same rows, episodes, fill model), with a progress bar over policies."""
-    from tqdm.auto import tqdm
+def compare_policies(run: Run) -> tuple[dict, dict]:
+    """The test table and (when a teacher policy is listed) the teacher table: every policy
+    calibrated on val, traded on the same test decisions, with CIs and paired tests (compare.py).
+    Returns (report["backtest"], the test table's BacktestResults)."""
+    from .compare import TEACHER_POLICIES, Arena, Quoters, as_horizon_rows, run_table, summarize_table
+    from .market.calibrate import grid_sizes
 
-    from .market import run_policies
+    w, m, names = run.windows, run.cfg.market, list(run.cfg.market.policies)
+    test_ids = w.indices("test")
+    cal_ids = (run.datamodule.stacking_view(float(run.cfg.moe.fit_frac)).split_ids("val")
+               if run.cfg.moe.fit_on == "val" else w.indices("val"))
+    test = Arena.of("test", w, test_ids, m.episode_length)
+    cal = Arena.of("calibration", w, cal_ids, m.episode_length)
+    quoters = Quoters(w, m, run.predictions, as_horizon_rows(test.bounds))
+    fixed = _rl_signals(run) if run.cfg.rl.enabled else {}
+    table = run_table(w.book, m, quoters, _main_policies(run), test, cal, fixed_signals=fixed)
+    results = {k: v["result"] for k, v in table.items() if k != "seconds"}
+    block = summarize_table(table, seed=int(run.cfg.run.seed))
+    seconds = table["seconds"]
+    block["episodes"] = {"length": m.episode_length, "n": int(len(results["cmm"].episodes)) if "cmm" in results
+                         else None, "rows": [int(test.bounds[0, 0]), int(test.end_row)]}
+    teacher_names = [n for n in ("cmm", "cmm_no_teacher", "fixed_spread", "avellaneda_stoikov", "teacher_probe")
+                     if n in names]
+    if any(n in names for n in TEACHER_POLICIES):
+        read = np.isin(test_ids, run.teacher.ids)
+        if "llm_agent" in names:
+            read &= np.isin(test_ids, run.agent_answers["ids"])
+        tt = test.subset("teacher", read)
+        tc = cal.subset("teacher calibration", np.isin(cal_ids, run.teacher.ids))
+        ttable = run_table(w.book, m, quoters, teacher_names, tt, tc,
+                           borrow={"llm_agent": "cmm"} if "llm_agent" in names else None)
+        seconds += ttable["seconds"]
+        block["teacher"] = summarize_table(ttable, seed=int(run.cfg.run.seed))
+        block["teacher"]["coverage"] = {"decisions": int(read.sum()), "test_decisions": int(len(test_ids)),
+                                        "fraction": float(read.mean())}
+    block["calibration"] = {"enabled": bool(m.calibrate.enabled), "objective": m.calibrate.objective,
+                            "split": "val windows the MoE did not fit on" if run.cfg.moe.fit_on == "val" else "val",
+                            "decisions": int(len(cal_ids)), "n_backtests_per_policy": grid_sizes(m.calibrate),
+                            "seconds": round(seconds, 3)}
+    run.timings["calibration"] = round(seconds, 3)
+    return block, results
 
-    w, mcfg = run.windows, run.cfg.market
+
+def gains(run: Run, block: dict) -> dict:
+    """What the LLM adds, with 95 % CIs: the information gain (the val-chosen layer's test R² minus
+    the val-chosen raw-input ridge's, bootstrap over test windows) and the distillation gain (cmm −
+    cmm_no_teacher: test R², bootstrap over test windows; pooled PnLMAP, paired over episodes)."""
+    from .data import TASKS
+    from .stats import r2_diff_ci
+
+    def per_task(d):
+        return {t: {"diff": d["diff"][k], "ci": d["ci"][k]} for k, t in enumerate(TASKS)}
+
     out = {}
-    bar = tqdm(signals.items(), desc="backtest", unit="policy", disable=not run.progress, leave=False)
-    for name, sig in bar:
-        bar.set_postfix_str(name)
-        out.update(run_policies(w.book, w, {name: sig}, mcfg, episode_length=mcfg.episode_length))
+    tp = run.probe.test_predictions
+    if "raw" in tp:
+        out["information"] = {**per_task(r2_diff_ci(tp["y"], tp["layer"], tp["raw"])), "n_windows": int(len(tp["y"]))}
+    if "cmm_no_teacher" in run.cfg.market.policies:
+        ids = run.windows.indices("test")
+        y = run.windows.targets[ids]
+        d = r2_diff_ci(y, run.predictions("cmm")[ids], run.predictions("cmm_no_teacher")[ids])
+        out["distillation"] = {"r2": per_task(d), "n_windows": int(len(ids))}
+        if "cmm_no_teacher" in block.get("paired", {}):
+            p = block["paired"]["cmm_no_teacher"]
+            out["distillation"]["pnlmap"] = {k: p[k] for k in ("diff", "ci", "p_value", "verdict")}
     return out
 
 
 def backtest(run: Run) -> None:
-    """Every policy on the test split, same engine and fill model; table, report, equity plot."""
+    """Every policy calibrated on val and traded on the test split (same engine and fill model):
+    tables with CIs and paired tests, the gains, report, equity plot."""
     from .io import atomic_path
     from .loggers import log_figure, log_results_table, log_scalars
-    from .market import equity_figure, results_table
-    from .market.metrics import METRIC_NAMES
+    from .market import equity_figure
+    from .report import backtest_tables, flat_rows, gains_table
 
+    names = list(run.cfg.market.policies)
     # the Lightning stages first, on every rank (each Trainer call needs all its peers) ...
-    if "cmm" in run.cfg.market.policies or run.cfg.rl.enabled:
+    if "cmm" in names or run.cfg.rl.enabled:
         run.moe
-    if "single_student_kd" in run.cfg.market.policies:
+    if "cmm_no_teacher" in names:
+        run.moe_no_teacher
+    if "single_student_kd" in names:
         run.single_student
+    if run.cfg.rl.enabled:
+        run.crossfit
     if not run.rank_zero:  # ... then rank 0 alone: RL agents, backtest, figures, latency
         return
-    signals = policy_signals(run)
-    results = run.timed("backtest", lambda: _run_policies(run, signals))
-    metrics = {k: r.metrics for k, r in results.items()}
-    run.report["backtest"] = metrics
-    print(results_table(metrics))
+    block, results = run.timed("backtest", lambda: compare_policies(run))
+    run.report["backtest"] = block
+    run.report["gains"] = gains(run, block)
+    print(backtest_tables(block))
+    print(gains_table(run.report["gains"]))
     fig = equity_figure(results)
     with atomic_path(run.dir / "backtest" / "equity.png") as tmp:
         fig.savefig(tmp, format="png")
     log_figure(run.logger, "backtest/equity", fig)
-    log_scalars(run.logger, "backtest", metrics)
-    log_results_table(run.logger, "backtest/results", metrics, METRIC_NAMES + ("n_episodes",))
+    rows, columns = flat_rows(block)
+    log_scalars(run.logger, "backtest", {p: r for p, r in rows.items()})
+    log_results_table(run.logger, "backtest/results", rows, columns)
+    log_scalars(run.logger, "gains", run.report["gains"])
     run.report["latency_us"] = _latency(run)
     log_scalars(run.logger, "latency_us", run.report["latency_us"])
     run.save_report()
@@ -417,6 +531,7 @@ def fit(run: Run) -> None:
     if not run.rank_zero:
         return
     from .loggers import log_model_artifact, logger_summary, update_summary
+    from .report import flat_rows
 
     cmm_path = run.dir / "checkpoints" / "cmm.pt"
     run.cmm  # noqa: B018  (writes checkpoints/cmm.pt when no policy needed it yet)
@@ -425,7 +540,8 @@ def fit(run: Run) -> None:
                                  "teacher": run.report.get("teacher", {}).get("model"),
                                  "fingerprint": run.report.get("teacher", {}).get("fingerprint")})
     update_summary(run.logger, {"moe": {"test": run.report.get("moe", {}).get("test", {})},
-                                "backtest": run.report.get("backtest", {}),
+                                "backtest": flat_rows(run.report.get("backtest", {}))[0],
+                                "gains": run.report.get("gains", {}),
                                 "latency_us": run.report.get("latency_us", {})})
     run.report["logger"] = logger_summary(run.logger)
     run.save_report()

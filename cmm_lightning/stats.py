@@ -136,13 +136,14 @@ def paired_test(a_num, b_num, a_den=None, b_den=None, confidence: float = 0.95,
     Statistic (den None):   D = mean(a) − mean(b) = mean_i (a_i − b_i)
               (den given):  D = Σa_num/Σa_den − Σb_num/Σb_den   (pooled ratio, e.g. PnLMAP)
 
-    Returns {"diff": D, "ci": [lo, hi], "p_value": p, "n": n}:
+    Returns {"diff": D, "ci": [lo, hi], "p_value": p, "p_less": p', "n": n}:
       ci       paired bootstrap CI of D (episodes resampled jointly for both policies);
       p_value  one-sided, H1: A > B, from a paired permutation (sign-flip) test: under H0 the two
                policies' records within an episode are exchangeable, so each episode's
                (num, den) records of A and B are swapped at random;
                p = (1 + #{D* ≥ D}) / (1 + n_resamples), or exact over all 2^n swaps when
-               2^n ≤ n_resamples.
+               2^n ≤ n_resamples;
+      p_less   the same test for H1: A < B (the same swaps).
     """
     a, b = _vec(a_num, "a_num"), _vec(b_num, "b_num")
     if a.shape != b.shape:
@@ -170,16 +171,20 @@ def paired_test(a_num, b_num, a_den=None, b_den=None, confidence: float = 0.95,
 
     rng_boot, rng_perm = _rngs(seed, 2)
     diff, lo, hi = _boot_ci(data, statistic, confidence, n_resamples, rng_boot)
-    p = np.nan
+    p = {"greater": np.nan, "less": np.nan}
     if n >= 2 and np.isfinite(diff):
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = stats.permutation_test(data, statistic, permutation_type="samples",
-                                         vectorized=True, n_resamples=n_resamples,
-                                         batch=_batch(data) // 2 or 1, alternative="greater",
-                                         axis=-1, rng=rng_perm)
-        p = float(res.pvalue)
-    return {"diff": float(diff), "ci": [float(lo), float(hi)], "p_value": p, "n": int(n)}
+        state = rng_perm.bit_generator.state
+        for alternative in p:  # the same swaps for both directions
+            rng_perm.bit_generator.state = state
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = stats.permutation_test(data, statistic, permutation_type="samples",
+                                             vectorized=True, n_resamples=n_resamples,
+                                             batch=_batch(data) // 2 or 1, alternative=alternative,
+                                             axis=-1, rng=rng_perm)
+            p[alternative] = float(res.pvalue)
+    return {"diff": float(diff), "ci": [float(lo), float(hi)], "p_value": p["greater"], "p_less": p["less"],
+            "n": int(n)}
 
 
 def holm(p_values):
@@ -212,15 +217,17 @@ def holm(p_values):
     return out.tolist()
 
 
-def verdict(ci) -> str:
+def verdict(ci, p_greater=None, p_less=None, alpha: float = 0.05) -> str:
     """'ahead' if the CI of A − B lies above 0, 'behind' if below, else 'indistinguishable'
-    (also for a NaN CI). Takes (lo, hi) or a dict with a "ci" entry (paired_test's output)."""
+    (also for a NaN CI). Takes (lo, hi) or a dict with a "ci" entry (paired_test's output).
+    With p-values (e.g. Holm-adjusted, one-sided for A > B and A < B), 'ahead' / 'behind' also
+    need that direction's p below ``alpha``: the CI and the test must agree."""
     if isinstance(ci, Mapping):
         ci = ci["ci"]
     lo, hi = (float(v) for v in ci)
-    if lo > 0:
+    if lo > 0 and (p_greater is None or float(p_greater) < alpha):
         return "ahead"
-    if hi < 0:
+    if hi < 0 and (p_less is None or float(p_less) < alpha):
         return "behind"
     return "indistinguishable"
 

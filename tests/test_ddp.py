@@ -173,10 +173,14 @@ def test_ddp_matches_one_process(runs):
         p1, p2 = (load_cmm(d / "checkpoints" / "cmm.pt")(x).numpy() for d in (runs["one"][0], runs["two"][0]))
     for k in range(3):
         assert np.corrcoef(p1[:, k], p2[:, k])[0, 1] > 0.99
-    # policies that do not learn trade identically; every policy's metrics are computed once, on rank 0
-    for p in ("fixed_spread", "avellaneda_stoikov", "teacher_probe"):
+    # policies that do not learn trade identically (calibrated alike on val); every policy's metrics
+    # are computed once, on rank 0; teacher_probe trades in the teacher table
+    for table, p in (("test", "fixed_spread"), ("test", "avellaneda_stoikov"), ("teacher", "teacher_probe")):
+        b1, b2 = (r1["backtest"], r2["backtest"]) if table == "test" else (r1["backtest"]["teacher"],
+                                                                          r2["backtest"]["teacher"])
+        assert b1[p]["knobs"] == b2[p]["knobs"]
         for k in ("epnl", "map", "pnlmap", "sharpe", "max_drawdown", "n_trades", "fill_rate", "n_episodes"):
-            assert r1["backtest"][p][k] == pytest.approx(r2["backtest"][p][k], rel=1e-9, abs=1e-12), (p, k)
+            assert b1[p][k] == pytest.approx(b2[p][k], rel=1e-9, abs=1e-12), (p, k)
     assert r2["backtest"]["cmm"]["n_episodes"] == r1["backtest"]["cmm"]["n_episodes"]
 
 
@@ -212,7 +216,10 @@ def test_ddp_wandb_offline_run_holds_the_dashboard(runs):
             "student/layer/val/loss", "student/data/train/loss_epoch", "moe/hajek_gate/val/loss",
             "moe/hajek_gate/test/mid/r2", "moe/hajek_gate/weights/calm/task_mid", "latency_us/cmm"}
     want |= {f"student/{n}/test/mid/r2" for n in students} | {f"student/{n}/mid_r2" for n in students}
-    want |= {f"backtest/{p}/{m}" for p in report["backtest"] for m in ("epnl", "map", "pnlmap", "sharpe")}
+    from cmm_lightning.report import policies
+
+    want |= {f"backtest/{p}/{m}" for p in policies(report["backtest"]) for m in ("epnl", "map", "pnlmap", "sharpe")}
+    want |= {"student/layer/backtest/pnlmap", "moe/hajek_gate/backtest/pnlmap"}  # the val backtest, every epoch
     assert want <= keys, sorted(want - keys)
     row = next(h for h in got["history"] if "backtest/cmm/pnlmap" in h)
     assert row["backtest/cmm/pnlmap"] == pytest.approx(report["backtest"]["cmm"]["pnlmap"])
@@ -224,7 +231,7 @@ def test_ddp_wandb_offline_run_holds_the_dashboard(runs):
     table = next(m for m in media if m.startswith("media/table/backtest/results"))
     t = json.loads((folder / "files" / table).read_text())
     assert t["columns"][:3] == ["policy", "epnl", "map"]
-    assert sorted(r[0] for r in t["data"]) == sorted(report["backtest"])
+    assert sorted(r[0] for r in t["data"]) == sorted(policies(report["backtest"]))
     assert {r[0]: r[1] for r in t["data"]}["cmm"] == pytest.approx(report["backtest"]["cmm"]["epnl"])
     (model,) = [a for a in got["artifacts"] if a["type"] == "model"]
     assert model["files"] == ["cmm.pt"] and model["name"] == f"cmm-{d2.name}"

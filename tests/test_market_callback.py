@@ -2,6 +2,7 @@
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from lightning.pytorch.loggers import Logger
 
@@ -80,10 +81,13 @@ def test_callback_logs_the_backtest_of_val_predictions():
     with torch.no_grad():
         preds = model.predict_windows(torch.from_numpy(w.inputs(idx))).double().numpy()
     res = run_backtest(book, w.end[idx], predictions(preds, cfg, train_volume_ref(w)), cfg)
-    assert len(cb.history) == 2
-    for k in ("epnl", "map", "pnlmap", "sharpe", "max_drawdown", "n_trades"):
-        assert float(trainer.callback_metrics[f"backtest/{k}"]) == np.float32(res.metrics[k])
-        assert cb.history[-1][f"backtest/{k}"] == res.metrics[k]
+    assert len(cb.history) == 2 and res.metrics["n_episodes"] == cfg.n_episodes  # episode_length "auto"
+    want = {k: res.metrics[k] for k in ("epnl", "map", "sharpe", "max_drawdown", "n_trades")}
+    em = res.episode_metrics  # PnLMAP pooled over the episodes: ΣEPnL / Σ max(MAP, 1)
+    want["pnlmap"] = sum(e["epnl"] for e in em) / sum(max(e["map"], 1.0) for e in em)
+    for k, v in want.items():
+        assert float(trainer.callback_metrics[f"backtest/{k}"]) == np.float32(v)
+        assert cb.history[-1][f"backtest/{k}"] == pytest.approx(v, rel=1e-12)
     assert res.metrics["n_trades"] > 0
     assert np.array_equal(cb.last_result.fills, res.fills)
     key, img = lg.images[-1]

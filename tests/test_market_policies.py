@@ -45,7 +45,7 @@ def test_avellaneda_stoikov_hand_values():
     # median spread 2, H = 10 rows, base 100 -> γ = 2 / (100 * 0.75 * 10)
     b = make_book(bid=[99, 100, 99, 100, 101] + [100] * 15, ask=[101, 102, 101, 102, 103] + [102] * 15,
                   trades={1: (102, 5, 1), 3: (99, 5, -1)})
-    c = MarketConfig(base_size=100, spread_mult=2.0)
+    c = MarketConfig(base_size=100, spread_mult=2.0, episode_length=None)
     p = estimate_as_params(b, (0, 5), c, horizon_rows=10)
     assert p["sigma"] == pytest.approx(math.sqrt(0.75), rel=1e-15)
     assert p["k"] == pytest.approx(2 / 3, rel=1e-15)
@@ -118,7 +118,10 @@ def test_compare_policies_table_and_figure():
     table = results_table(mets)
     assert all(name in table for name in sigs) and "pnlmap" in table
     fig = equity_figure(res)
-    ax_eq, ax_inv = fig.axes
+    ax_eq, ax_inv, ax_ep = fig.axes
+    assert [t.get_text() for t in ax_ep.get_xticklabels()] == list(sigs)  # per-episode EPnL, one column each
+    dots = [c for c in ax_ep.collections if type(c).__name__ == "PathCollection"]  # one dot per episode
+    assert [len(c.get_offsets()) for c in dots] == [3] * len(sigs)
     assert [ln.get_label() for ln in ax_eq.lines] == list(sigs)
     assert [ln.get_label() for ln in ax_inv.lines if not ln.get_label().startswith("_")] == list(sigs)
     # chained equity ends at the sum of the episodes' EPnL

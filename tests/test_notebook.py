@@ -31,10 +31,14 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     pngs = [base64.b64decode(o.data["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) >= 3 and all(p.startswith(b"\x89PNG") for p in pngs)  # heatmaps, MoE weights, equity
     html = "\n".join(o.data["text/html"] for o in outputs if "text/html" in o.get("data", {}))
-    for policy, m in report["backtest"].items():  # the results table, from report.json
+    from cmm_lightning.report import policies
+
+    for policy, m in policies(report["backtest"]).items():  # the results table, from report.json
         assert policy in html and f"{m['pnlmap']:.4f}".rstrip("0").rstrip(".") in html
+    for baseline in report["backtest"]["paired"]:  # cmm against every other policy
+        assert f">{baseline}<" in html
     for student in report["students"]:  # the MoE weights by regime and the test R² table
         assert html.count(student) >= 2
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert f"run folder: {tmp_path / 'run'}" in text and "best layer per task" in text
+    assert f"run folder: {tmp_path / 'run'}" in text and "layer per task, chosen on val" in text
     assert os.path.isfile(tmp_path / "run" / "backtest" / "equity.png")

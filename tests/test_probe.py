@@ -287,10 +287,14 @@ def test_profile_grouping_recovers_planted_segments(windows):
 def test_small_regime_is_nan_and_plan_falls_back(windows, planted):
     w, ids = windows.w, windows.ids
     split = w.split[ids].copy()
-    split[(w.regime[ids] == 2) & (split == 2)] = -1  # no volatile test windows
-    res = run_probe(planted.X, w.targets[ids], w.regime[ids], split, cfg_probe=None)
+    split[(w.regime[ids] == 2) & (split == 2)] = -1  # no volatile test windows: chosen on val as usual,
+    res = run_probe(planted.X, w.targets[ids], w.regime[ids], split, cfg_probe=None)  # no test R² to report
     assert np.isnan(res.r2[:, :, 2]).all() and np.isfinite(res.r2[:, :, [0, 1, 3]]).all()
-    assert res.n["test"]["volatile"] == 0
+    assert np.isfinite(res.r2_val[:, :, 2]).all() and res.n["test"]["volatile"] == 0
+    assert res.plan == planted.res.plan  # test counts never decide what is probed or chosen
+    split[(w.regime[ids] == 2) & (split == 1)] = -1  # no volatile val windows: not probed, plan falls back
+    res = run_probe(planted.X, w.targets[ids], w.regime[ids], split, cfg_probe=None)
+    assert np.isnan(res.r2_val[:, :, 2]).all() and np.isnan(res.r2[:, :, 2]).all()
     assert res.plan["best_layer_by_regime"]["volatile"] == res.plan["best_layer"]
     doc = json.loads(json.dumps(res.to_json()), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert doc["r2"][0][0][2] is None

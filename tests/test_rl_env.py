@@ -112,8 +112,12 @@ def test_observation_and_episodes(windows):
     np.testing.assert_allclose(z[:, live].std(0), 1, atol=1e-3)
     assert task.observation_space.shape == (windows.n_features + 5 + 2,)
     # training: H-row segments (H = market.episode_length, which wins over rl.episode_length)
-    # starting at each train decision, inside the train split
-    assert task.horizon == 300 and RLTask(windows, load_config()).horizon == 1000
+    # starting at each train decision, inside the train split; "auto" (the default) follows the
+    # test split in market.n_episodes parts; null falls back to rl.episode_length
+    _, test_dec = task.decisions("test")
+    auto = -(-(test_dec[-1] + 4 - test_dec[0]) // 20)
+    assert task.horizon == 300 and RLTask(windows, load_config()).horizon == auto
+    assert RLTask(windows, load_config(None, ["market.episode_length=null"])).horizon == 1000
     _, dec = task.decisions("train")
     eps = task.episodes("train", training=True)
     assert (eps[:, 3] - eps[:, 0] == 300).all() and (dec[eps[:, 1]] == eps[:, 0]).all()

@@ -138,6 +138,16 @@ def test_length_buckets_cover_once_without_padding():
     assert all(len(b) <= 16 and len(set(lengths[b])) == 1 for b in plan)
     assert sum(len(b) < 16 for b in plan) <= len(set(lengths))  # at most one partial batch per length
     assert all((x == y).all() for x, y in zip(plan, length_buckets(lengths, 16)))
+    # with the windows' splits as groups a batch never mixes splits (test data cannot change the
+    # float rounding of a val window's features), and a split's batches ignore the other splits
+    split = rng.integers(0, 3, 203)
+    plan = length_buckets(lengths, 16, groups=split)
+    assert sorted(np.concatenate(plan).tolist()) == list(range(203))
+    assert all(len(set(split[b])) == 1 and len(set(lengths[b])) == 1 for b in plan)
+    val = [b for b in plan if split[b[0]] == 1]
+    other = lengths.copy()
+    other[split == 2] = rng.integers(50, 80, (split == 2).sum())  # the test windows' prompts change
+    assert all((x == y).all() for x, y in zip(val, [b for b in length_buckets(other, 16, split) if split[b[0]] == 1]))
 
 
 @pytest.mark.parametrize("pooling", ["mean", "last"])

@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CMMInputError
-from .engine import BacktestResult, default_end_row, episode_bounds, run_backtest
+from .engine import BacktestResult, default_end_row, run_backtest
+from .episodes import episode_bounds, resolve_episode_length
 
 
 def _cfg(cfg, key, default):
@@ -50,7 +51,8 @@ def estimate_as_params(book, train_rows, cfg=None, horizon_rows: int | None = No
     dist = np.abs(book.trade_px[r][traded] - book.mid[r - 1][traded])
     s_med = float(np.median(book.spread[lo:hi]))
     k = 1.0 / float(dist.mean()) if dist.size and dist.mean() > 0 else 2.0 / max(s_med, 1.0)
-    H = float(horizon_rows if horizon_rows else _cfg(cfg, "episode_length", hi - lo))
+    length = _cfg(cfg, "episode_length", None)
+    H = float(horizon_rows or (length if isinstance(length, int) and length > 0 else hi - lo))
     base = float(_cfg(cfg, "base_size", 100))
     gamma = s_med / (base * max(sigma, 1e-6) ** 2 * H)
     out = {"sigma": sigma, "k": k, "gamma": gamma, "median_spread": s_med}
@@ -62,12 +64,17 @@ def estimate_as_params(book, train_rows, cfg=None, horizon_rows: int | None = No
 
 
 def avellaneda_stoikov(book, decision_rows, cfg=None, train_rows=None, end_row=None,
-                       episode_length=None, as_params: dict | None = None) -> np.ndarray:
-    """AS signals for ``decision_rows``; T−t counted in rows to the end of each decision's episode."""
+                       episode_length=None, as_params: dict | None = None, episodes=None) -> np.ndarray:
+    """AS signals for ``decision_rows``; T−t counted in rows to the end of each decision's episode
+    (``episodes`` [E, 2], or cut from the first decision by ``episode_length``)."""
     dec = np.asarray(decision_rows, np.int64)
-    episode_length = episode_length if episode_length is not None else _cfg(cfg, "episode_length", None)
-    end = default_end_row(dec, book.n) if end_row is None else int(min(end_row, book.n))
-    eps = episode_bounds(int(dec[0]), end, episode_length)
+    if episodes is not None:
+        eps = np.asarray(episodes, np.int64)
+    else:
+        episode_length = episode_length if episode_length is not None else _cfg(cfg, "episode_length", None)
+        end = default_end_row(dec, book.n) if end_row is None else int(min(end_row, book.n))
+        episode_length = resolve_episode_length(episode_length, end - int(dec[0]), int(_cfg(cfg, "n_episodes", 20)))
+        eps = episode_bounds(int(dec[0]), end, episode_length, ts=book.ts)
     if as_params is None:
         if train_rows is None:
             raise CMMInputError("avellaneda_stoikov: give train_rows (first, end) or as_params")
@@ -148,13 +155,16 @@ def results_table(metrics: dict[str, dict]) -> str:
 
 
 def equity_figure(results: dict[str, BacktestResult], max_points: int = 4000):
-    """Equity (top) and inventory (bottom) over book rows, one line per policy (headless Agg)."""
+    """Equity (top) and inventory (middle) over book rows, one line per policy, and the spread of
+    the per-episode EPnL per policy (bottom: one dot per episode, the mean as a bar) — the
+    variation the confidence intervals summarise (headless Agg)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 6), dpi=100)
+    fig = Figure(figsize=(10, 9), dpi=100)
     FigureCanvasAgg(fig)
-    ax_eq, ax_inv = fig.subplots(2, 1, sharex=True)
+    ax_eq, ax_inv, ax_ep = fig.subplots(3, 1, gridspec_kw={"height_ratios": [3, 2, 2]})
+    ax_inv.sharex(ax_eq)
     for name, r in results.items():
         step = max(1, len(r.rows) // max_points)
         ax_eq.plot(r.rows[::step], r.cumulative_equity()[::step], label=name, lw=1)
@@ -163,11 +173,20 @@ def equity_figure(results: dict[str, BacktestResult], max_points: int = 4000):
     if first is not None and len(first.episodes) <= 200:
         for s, _ in first.episodes[1:]:  # episode starts (each starts flat)
             ax_inv.axvline(s, color="0.8", lw=0.5, zorder=0)
+    rng = np.random.default_rng(0)
+    for i, (name, r) in enumerate(results.items()):
+        ep = np.array([e["epnl"] for e in r.episode_metrics]) if r.episode_metrics else np.zeros(0)
+        ax_ep.scatter(i + rng.uniform(-0.2, 0.2, len(ep)), ep, s=8, alpha=0.6)
+        if len(ep):
+            ax_ep.hlines(ep.mean(), i - 0.3, i + 0.3, color="black", lw=2)
+    ax_ep.axhline(0, color="0.5", lw=0.5)
+    ax_ep.set_xticks(range(len(results)), list(results), rotation=30, ha="right", fontsize=8)
+    ax_ep.set_ylabel("EPnL per episode\n(bar: mean)")
     ax_eq.set_ylabel("equity, marked to mid\n(episodes chained)")
     ax_inv.set_ylabel("inventory (shares)")
     ax_inv.set_xlabel("book row")
     ax_eq.legend(loc="upper left", fontsize=8, ncol=2)
-    ax_eq.grid(alpha=0.3)
-    ax_inv.grid(alpha=0.3)
+    for ax in (ax_eq, ax_inv, ax_ep):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

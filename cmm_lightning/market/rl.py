@@ -48,8 +48,8 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from ..errors import CMMInputError
 from ..io import atomic_path, read_json, write_json
-from .engine import (F_CASH, F_INV, I_NLOG, Engine, advance, decide, default_end_row, episode_bounds,
-                     fills_table, reset, submit)
+from .engine import F_CASH, F_INV, I_NLOG, Engine, advance, decide, default_end_row, fills_table, reset, submit
+from .episodes import episode_bounds, resolve_episode_length, typical_rows
 
 OBS_VERSION = "rl-obs-v1"
 N_STATS = 5  # window statistics appended to the last snapshot's features
@@ -105,7 +105,17 @@ class RLTask:
             table = np.concatenate([table, np.zeros((len(table), 3), np.float32)], 1)
             table[ids, -3:] = _standardize(preds[ids], preds[ids][train])
         self.table, self.preds = table, preds
-        self.horizon = int(_get(self.market, "episode_length", 0) or self.rl.episode_length)
+        self.episode_length = _get(self.market, "episode_length", None)  # rows, a duration or None
+        if self.episode_length == "auto":  # the test split in market.n_episodes parts (as the pipeline)
+            _, dec = self.decisions("test")
+            self.episode_length = resolve_episode_length("auto", default_end_row(dec, self.book.n) - int(dec[0]),
+                                                         int(_get(self.market, "n_episodes", 20)))
+        if isinstance(self.episode_length, str):  # a duration: its typical rows on the train split
+            _, dec = self.decisions("train")
+            self.horizon = typical_rows(episode_bounds(int(dec[0]), default_end_row(dec, self.book.n),
+                                                       self.episode_length, ts=self.book.ts))
+        else:
+            self.horizon = int(self.episode_length or self.rl.episode_length)
         self.limit = float(_get(self.market, "inventory_limit", 1000))
         self.base = float(_get(self.market, "base_size", 100))
         self.c = float(_get(self.market, "spread_mult", 1.0))
@@ -140,7 +150,8 @@ class RLTask:
             s = dec[lo]
             t = np.minimum(s + self.horizon, end)
         else:
-            eps = episode_bounds(int(dec[0]), end, _get(self.market, "episode_length", None))
+            eps = episode_bounds(int(dec[0]), end, self.episode_length, ts=self.book.ts,
+                                 cuts=self.book.meta.get("day_start"))
             s, t = eps[:, 0], eps[:, 1]
             lo = np.searchsorted(dec, s)
         hi = np.searchsorted(dec, t)

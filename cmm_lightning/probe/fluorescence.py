@@ -31,8 +31,9 @@ of r around their own mean. R²[·,·,r] is thus the share of *within-regime* va
 explains with a readout specific to that regime: a global probe scored per regime could gain
 or lose R² only through the regime's mean level, and the data students (one per regime,
 trained on that regime's windows only) use exactly this conditional readout. Regime "all" is
-the usual probe over every window. A regime with fewer than ``probe.min_windows`` windows in
-any split gets NaN in its column (null in JSON) and its plan entries fall back to "all".
+the usual probe over every window. A regime with fewer than ``probe.min_windows`` windows in its
+train or val split gets NaN in its column (null in JSON) and its plan entries fall back to "all";
+one with fewer test windows is probed and chosen as usual, only its test R² is NaN.
 """
 
 from __future__ import annotations
@@ -370,12 +371,13 @@ def _cfg(cfg_probe) -> dict:
 
 def _layout(regime: np.ndarray, split: np.ndarray, min_windows: int):
     """Row order that makes every (split, regime) block contiguous (split-major, time order kept);
-    per regime (REGIMES_ALL order) its (train, val, test) slices into that order, and whether
-    every split holds at least ``min_windows`` windows of it."""
+    per regime (REGIMES_ALL order) its (train, val, test) slices into that order, whether train
+    and val hold at least ``min_windows`` windows of it (what fitting and choosing need: test
+    counts never decide what is probed), and whether test does (enough to report a test R²)."""
     used = np.flatnonzero(np.isin(split, (0, 1, 2)) & np.isin(regime, (0, 1, 2)))
     order = used[np.lexsort((regime[used], split[used]))]
     s_o, r_o = split[order], regime[order]
-    slices, ok, counts = [], [], {name: {} for name in SPLITS}
+    slices, ok, test_ok, counts = [], [], [], {name: {} for name in SPLITS}
     for r, name in enumerate(REGIMES_ALL):
         sl = []
         for k, sname in enumerate(SPLITS):
@@ -383,8 +385,10 @@ def _layout(regime: np.ndarray, split: np.ndarray, min_windows: int):
             sl.append(slice(int(rows[0]), int(rows[-1]) + 1) if len(rows) else slice(0, 0))
             counts[sname][name] = int(len(rows))
         slices.append(sl)
-        ok.append(min(x.stop - x.start for x in sl) >= max(min_windows, 3))
-    return order, slices, ok, counts
+        n = [x.stop - x.start for x in sl]
+        ok.append(min(n[:2]) >= max(min_windows, 3))
+        test_ok.append(n[2] >= max(min_windows, 3))
+    return order, slices, ok, test_ok, counts
 
 
 def _raw_control(X, Y, subsets, lambdas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -421,11 +425,11 @@ def run_probe(features, targets, regime, split, raw_prompt=None, raw_window=None
     if not (len(Y) == len(regime) == len(split) == N):
         raise CMMInputError(f"probe: {N} feature rows but {len(Y)} targets, {len(regime)} regimes, "
                             f"{len(split)} splits")
-    order, slices, ok, counts = _layout(regime, split, c["min_windows"])
+    order, slices, ok, test_ok, counts = _layout(regime, split, c["min_windows"])
     subsets = [sl if good else None for sl, good in zip(slices, ok)]
     Y = Y[torch.from_numpy(order)]
     ia = REGIMES_ALL.index("all")
-    if subsets[ia] is None:
+    if subsets[ia] is None or not test_ok[ia]:
         raise CMMInputError(f"probe: too few windows per split {counts}; need at least "
                             f"probe.min_windows={c['min_windows']} in each of train/val/test")
     rng = np.random.default_rng(c["seed"])
@@ -481,6 +485,10 @@ def run_probe(features, targets, regime, split, raw_prompt=None, raw_window=None
     for name, X in (("prompt", raw_prompt), ("window", raw_window)):
         if X is not None:
             raw[name], raw_val[name], raw_pred[name] = _raw_control(np.asarray(X)[order], Y, subsets, c["lambdas"])
+    few = ~np.array(test_ok)  # too few test windows to report a test R² (the choice stands: it is val's)
+    r2[:, :, few] = ctrl[:, :, few] = np.nan
+    for v in raw.values():
+        v[:, few] = np.nan
     plan = make_plan(r2_val, fluorescence(r2_val), c["grouping"], c["n_groups"])  # val chooses
     best = np.array([plan["best_layer"][t] for t in TASKS], dtype=np.int64)
     readout = Readout(layers=best, mean=ro_mean[best], std=ro_std[best],

@@ -377,7 +377,7 @@ class StudentsModule(L.LightningModule):
         metric = self.student_loss[stage]
         if not metric.update_called:
             return
-        vals = metric.compute().float()
+        vals = metric.compute().float().reshape(-1)  # torchmetrics squeezes a single student's [1]
         metric.reset()
         for i, n in enumerate(self.student_names):  # sums reduced over ranks: equal everywhere
             self.log(f"{prefix}student/{n}/loss", vals[i], sync_dist=True)

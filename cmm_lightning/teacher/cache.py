@@ -30,7 +30,7 @@ from ..io import atomic_path, read_json, write_json
 from .models import REGISTRY, load_teacher, materialize, resolve_dtype, resolve_model, tokenizer_key, weights_hash
 from .prompts import PREFIX, chat_parts, get_template, render_prompts
 
-EXTRACT_VERSION = "1"  # bump when extraction semantics change
+EXTRACT_VERSION = "2"  # bump when extraction semantics change (2: batches never mix splits)
 
 
 @dataclass
@@ -164,7 +164,7 @@ def extract_features(cfg, windows, ids: np.ndarray, folder: Path, fp: str, model
     bodies = render_prompts(windows, ids, tc.template)
     prefix_ids, tokens = tokenize_prompts(tokenizer, head, bodies, tail)
     lengths = np.array([len(t) for t in tokens])
-    plan = length_buckets(lengths, int(tc.batch_size))
+    plan = length_buckets(lengths, int(tc.batch_size), groups=windows.split[ids])
     plan_key = hashlib.sha256(
         b"".join(np.ascontiguousarray(b, dtype=np.int64).tobytes() + b"|" for b in plan)
         + f"{tc.prefix_cache}".encode()).hexdigest()[:8]
@@ -294,7 +294,12 @@ def _run_agent(cfg, windows, run_dir: Path, tf: TeacherFeatures) -> dict:
 
     tc = _teacher_cfg(cfg)
     model, tok, _ = load_teacher(tc, cache_dir(cfg), target_device(cfg))
-    idx = windows.indices("test")[: int(tc.agent_max_windows)]
+    # the test windows the teacher read (teacher_probe has a fresh reading exactly there), evenly
+    # thinned to teacher.agent_max_windows: both teacher policies trade on the same decisions
+    idx = default_ids(windows, None)
+    idx = idx[np.isin(idx, windows.indices("test")) & np.isin(idx, tf.ids)]
+    if tc.agent_max_windows is not None and len(idx) > int(tc.agent_max_windows):
+        idx = idx[np.unique(np.linspace(0, len(idx) - 1, int(tc.agent_max_windows)).round().astype(np.int64))]
     preds, n_bad = agent_predictions(model, tok, windows, idx, tc)
     with atomic_path(run_dir / "teacher" / "agent.npz") as tmp:
         with open(tmp, "wb") as f:

@@ -48,12 +48,17 @@ def tokenize_prompts(tokenizer, head: str, bodies: list[str], tail: str = "") ->
     return prefix, [np.asarray(e, dtype=np.int64) for e in enc]
 
 
-def length_buckets(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Batches of positions with equal length: sort by (length, position), cut each length
-    group into chunks of ``batch_size``. Deterministic, zero padding."""
+def length_buckets(lengths: np.ndarray, batch_size: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """Batches of positions with equal length (and equal ``groups`` label): sort by (group, length,
+    position), cut each run into chunks of ``batch_size``. Deterministic, zero padding.
+
+    ``groups`` = the windows' splits: a batch never mixes train, val and test windows, so the
+    features of a window (whose float rounding depends on the batch it ran in) never depend on
+    another split's data — the test split cannot reach what val chooses through the batching."""
     lengths = np.asarray(lengths)
-    order = np.lexsort((np.arange(len(lengths)), lengths))
-    cuts = np.flatnonzero(np.diff(lengths[order])) + 1
+    groups = np.zeros(len(lengths), np.int64) if groups is None else np.asarray(groups)
+    order = np.lexsort((np.arange(len(lengths)), lengths, groups))
+    cuts = np.flatnonzero((np.diff(lengths[order]) != 0) | (np.diff(groups[order]) != 0)) + 1
     batches = []
     for group in np.split(order, cuts):
         batches.extend(np.split(group, np.arange(batch_size, len(group), batch_size)))

@@ -195,7 +195,7 @@ class RLConfig:
     """PPO market makers rl_ppo / cmm_rl on the backtest engine (market/rl.py; README, "RL market makers")."""
 
     enabled: bool = True
-    timesteps: int = 20_000
+    timesteps: int = 200_000  # at most; early-stopped on val (~20k env steps/s on one core)
     # φ of the running penalty φ·(q/base_size)² per decision step; reward in ticks per base clip
     inventory_penalty: float = 0.01
     action: str = "discrete"  # discrete | continuous

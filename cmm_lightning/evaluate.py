@@ -203,7 +203,10 @@ def evaluate(cfg: DictConfig) -> dict:
     from .config import resolve_run_dir
     from .report import gains_table
 
+    from .config import save_config
+
     root = resolve_run_dir(cfg)
+    save_config(cfg, root)  # what this evaluation ran (each dataset's fit writes its own)
     ecfg = cfg.evaluate
     base = OmegaConf.merge(cfg, {"evaluate": {"synthetic_seeds": [], "paths": [], "datasets": []}})
     plan = datasets(ecfg)

@@ -433,20 +433,22 @@ def compare_policies(run: Run) -> tuple[dict, dict]:
     seconds = table["seconds"]
     block["episodes"] = {"length": m.episode_length, "n": int(len(results["cmm"].episodes)) if "cmm" in results
                          else None, "rows": [int(test.bounds[0, 0]), int(test.end_row)]}
-    teacher_names = [n for n in ("cmm", "cmm_no_teacher", "fixed_spread", "avellaneda_stoikov", "teacher_probe")
-                     if n in names]
     if any(n in names for n in TEACHER_POLICIES):
-        read = np.isin(test_ids, run.teacher.ids)
+        read = np.isin(test_ids, run.teacher.ids)  # the test decisions whose window the teacher read
         if "llm_agent" in names:
             read &= np.isin(test_ids, run.agent_answers["ids"])
-        tt = test.subset("teacher", read)
-        tc = cal.subset("teacher calibration", np.isin(cal_ids, run.teacher.ids))
-        ttable = run_table(w.book, m, quoters, teacher_names, tt, tc,
-                           borrow={"llm_agent": "cmm"} if "llm_agent" in names else None)
-        seconds += ttable["seconds"]
-        block["teacher"] = summarize_table(ttable, seed=int(run.cfg.run.seed))
-        block["teacher"]["coverage"] = {"decisions": int(read.sum()), "test_decisions": int(len(test_ids)),
-                                        "fraction": float(read.mean())}
+        if read.any():
+            tnames = [n for n in ("cmm", "cmm_no_teacher", "fixed_spread", "avellaneda_stoikov", "teacher_probe")
+                      if n in names]
+            ttable = run_table(w.book, m, quoters, tnames, test.subset("teacher", read),
+                               cal.subset("teacher calibration", np.isin(cal_ids, run.teacher.ids)),
+                               borrow={"llm_agent": "cmm"} if "llm_agent" in names else None)
+            seconds += ttable["seconds"]
+            block["teacher"] = summarize_table(ttable, seed=int(run.cfg.run.seed))
+            block["teacher"]["coverage"] = {"decisions": int(read.sum()), "test_decisions": int(len(test_ids)),
+                                            "fraction": float(read.mean())}
+        else:
+            print("teacher table: the teacher read no test window (teacher.max_windows); teacher policies not scored")
     block["calibration"] = {"enabled": bool(m.calibrate.enabled), "objective": m.calibrate.objective,
                             "split": "val windows the MoE did not fit on" if run.cfg.moe.fit_on == "val" else "val",
                             "decisions": int(len(cal_ids)), "n_backtests_per_policy": grid_sizes(m.calibrate),
@@ -462,18 +464,26 @@ def gains(run: Run, block: dict) -> dict:
     from .data import TASKS
     from .stats import r2_diff_ci
 
-    def per_task(d):
-        return {t: {"diff": d["diff"][k], "ci": d["ci"][k]} for k, t in enumerate(TASKS)}
+    w = run.windows
+
+    def r2_gain(ids, a, b):
+        """Per task R²(a) − R²(b) on windows ``ids`` (time order), bootstrapped in blocks of windows
+        as long as they overlap (inputs + targets: T + h snapshots)."""
+        order = np.argsort(w.end[ids])
+        ids, a, b = ids[order], a[order], b[order]
+        spacing = float(np.median(np.diff(w.end[ids]))) if len(ids) > 1 else 1.0
+        block = max(1, int(np.ceil((w.window + w.horizon) / max(spacing, 1.0))))
+        d = r2_diff_ci(w.targets[ids], a, b, block=block, seed=int(run.cfg.run.seed))
+        return {**{t: {"diff": d["diff"][k], "ci": d["ci"][k]} for k, t in enumerate(TASKS)},
+                "n_windows": int(len(ids)), "block": block}
 
     out = {}
     tp = run.probe.test_predictions
     if "raw" in tp:
-        out["information"] = {**per_task(r2_diff_ci(tp["y"], tp["layer"], tp["raw"])), "n_windows": int(len(tp["y"]))}
+        out["information"] = r2_gain(np.asarray(tp["ids"]), tp["layer"], tp["raw"])
     if "cmm_no_teacher" in run.cfg.market.policies:
-        ids = run.windows.indices("test")
-        y = run.windows.targets[ids]
-        d = r2_diff_ci(y, run.predictions("cmm")[ids], run.predictions("cmm_no_teacher")[ids])
-        out["distillation"] = {"r2": per_task(d), "n_windows": int(len(ids))}
+        ids = w.indices("test")
+        out["distillation"] = {"r2": r2_gain(ids, run.predictions("cmm")[ids], run.predictions("cmm_no_teacher")[ids])}
         if "cmm_no_teacher" in block.get("paired", {}):
             p = block["paired"]["cmm_no_teacher"]
             out["distillation"]["pnlmap"] = {k: p[k] for k in ("diff", "ci", "p_value", "verdict")}

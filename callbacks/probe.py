@@ -1,4 +1,4 @@
-"""StudentProbeCallback: the fluorescent probe run on the students while they train (DESIGN §4).
+"""StudentProbeCallback: the fluorescent probe run on the students while they train (docs/method.md, "Probe").
 
 Every validation epoch it collects each student's hidden features h on the val loader and
 fits the same closed-form ridge probe as the teacher's (``cmm_lightning.probe.ridge``) for the
@@ -23,7 +23,8 @@ import torch
 
 from cmm_lightning.data.datamodule import with_teacher
 from cmm_lightning.data.windows import TASKS
-from cmm_lightning.probe.fluorescence import DEFAULT_LAMBDAS, fluorescence
+from cmm_lightning.config import ProbeConfig
+from cmm_lightning.probe.fluorescence import fluorescence
 from cmm_lightning.probe.plots import log_figure, student_bars
 from cmm_lightning.probe.ridge import fit_ridge, linear_cka, r2_score
 
@@ -31,12 +32,12 @@ __all__ = ["StudentProbeCallback", "linear_cka", "probe_students"]
 
 
 def probe_students(h: torch.Tensor, y: torch.Tensor, slices: Optional[torch.Tensor] = None,
-                   lambdas: Sequence[float] = DEFAULT_LAMBDAS) -> dict:
+                   lambdas: Optional[Sequence[float]] = None) -> dict:
     """Probe S students at once. h [S, n, d], y [n, k], slices [S, n, D] | None, rows in time
     order. Returns {"r2": [S, k], "F": [S, k], "cka": [S] (NaN without slices)} as numpy."""
     n = len(y)
     a, b = n // 2, (3 * n) // 4
-    fit = fit_ridge(h[:, :a], y[:a], h[:, a:b], y[a:b], lambdas)
+    fit = fit_ridge(h[:, :a], y[:a], h[:, a:b], y[a:b], ProbeConfig().lambdas if lambdas is None else lambdas)
     r2 = r2_score(y[b:], fit.predict(h[:, b:])).numpy()
     cka = np.full(len(h), np.nan)
     if slices is not None:
@@ -47,9 +48,9 @@ def probe_students(h: torch.Tensor, y: torch.Tensor, slices: Optional[torch.Tens
 class StudentProbeCallback(L.Callback):
     """Probe the students' hidden features every ``every_n_epochs`` validation epochs."""
 
-    def __init__(self, lambdas: Sequence[float] = DEFAULT_LAMBDAS, max_windows: int = 20_000,
+    def __init__(self, lambdas: Optional[Sequence[float]] = None, max_windows: int = 20_000,
                  every_n_epochs: int = 1, figure: bool = True, min_windows: int = 16):
-        self.lambdas = [float(x) for x in lambdas]
+        self.lambdas = [float(x) for x in (ProbeConfig().lambdas if lambdas is None else lambdas)]
         self.max_windows, self.every_n_epochs = max_windows, max(1, every_n_epochs)
         self.figure, self.min_windows = figure, min_windows
         self.last: Optional[dict] = None  # the latest results, for inspection

@@ -38,15 +38,18 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .registry import choices_text
+
+    epilog = f"{EPILOG}choices made by name (registry.py; run.plugins=[your.module] adds your own):\n{choices_text()}\n"
     parser = argparse.ArgumentParser(
         prog="python -m cmm_lightning",
         description="Cooperative Market Making: distill an LLM's LOB features into tiny students.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG,
+        epilog=epilog,
     )
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     for name, text in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=text, description=text, epilog=EPILOG,
+        p = sub.add_parser(name, help=text, description=text, epilog=epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", action="append", default=[], metavar="FILE",
                        help="YAML preset layered over the defaults (repeatable, later wins)")

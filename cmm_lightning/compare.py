@@ -28,15 +28,25 @@ from typing import Callable
 
 import numpy as np
 
-from .market.calibrate import (Calibration, as_quoter, calibrate, default_knobs, family_of, fixed_spread_quoter,
-                               pooled_pnlmap, prediction_quoter)
+from .market.calibrate import (Calibration, as_quoter, calibrate, default_knobs, fixed_spread_quoter, pooled_pnlmap,
+                               prediction_quoter)
 from .market.engine import default_end_row, run_backtest
 from .market.episodes import episode_bounds, typical_rows
 from .market.policies import avellaneda_stoikov, estimate_as_params, predictions, train_volume_ref
+from .registry import POLICIES
 
-TEACHER_POLICIES = ("teacher_probe", "llm_agent")
-RL_POLICIES = ("rl_ppo", "cmm_rl")
 EPISODE_KEYS = ("epnl", "map", "sharpe", "max_drawdown", "n_trades", "fill_rate")
+
+
+def family(name: str) -> str:
+    """A policy's calibration family (``registry.PolicySpec``); the MoE ablations ``cmm_<mode>``
+    are prediction policies like ``cmm``."""
+    return POLICIES.spec(name).family if name in POLICIES else "prediction"
+
+
+def reads_teacher(name: str) -> bool:
+    """Whether the policy trades only where the teacher read the window (the teacher table)."""
+    return name in POLICIES and POLICIES.spec(name).teacher
 
 
 @dataclass
@@ -96,10 +106,10 @@ class Quoters:
         self.mcfg_c1 = _with_spread_mult(mcfg, 1.0)
 
     def __call__(self, name: str, arena: Arena):
-        family = family_of(name)
-        if family == "fixed_spread":
+        kind = family(name)
+        if kind == "fixed_spread":
             return fixed_spread_quoter(len(arena.ids), float(self.mcfg.base_size))
-        if family == "avellaneda_stoikov":
+        if kind == "avellaneda_stoikov":
             p = self.as_params
             return as_quoter(lambda g: avellaneda_stoikov(self.windows.book, arena.rows, self.mcfg_c1,
                                                           as_params={**p, "gamma": p["gamma"] * g},
@@ -207,5 +217,5 @@ def as_horizon_rows(bounds: np.ndarray) -> int:
     return typical_rows(bounds)
 
 
-__all__ = ["Arena", "Quoters", "RL_POLICIES", "TEACHER_POLICIES", "add_holm_verdicts", "as_horizon_rows", "backtest",
+__all__ = ["Arena", "Quoters", "add_holm_verdicts", "as_horizon_rows", "backtest", "family", "reads_teacher",
            "episode_arrays", "pooled_pnlmap", "run_table", "summarize_table"]

@@ -25,11 +25,12 @@ class RunConfig:
     dir: Optional[str] = None  # default: runs/<timestamp>
     seed: int = 0
     cache_dir: Optional[str] = None  # teacher features + model copies; default $CMM_CACHE or ~/.cache/cmm_lightning
+    plugins: list = field(default_factory=list)  # modules imported first: they register their own choices
 
 
 @dataclass
 class SyntheticConfig:
-    """Seeded regime-switching LOB simulator (DESIGN §2)."""
+    """Seeded regime-switching LOB simulator (docs/method.md, "Data")."""
 
     n_snapshots: int = 40_000
     seed: int = 7
@@ -319,6 +320,9 @@ def load_config(files: list[str] | None = None, overrides: list[str] | None = No
         key = item.split("=", 1)[0]
         _check_keys({key: None} if "." not in key else _nest(key), "command line")
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), "command line")
+    from .registry import load_plugins
+
+    load_plugins(cfg.run.plugins)
     _validate(cfg)
     return cfg
 
@@ -348,15 +352,11 @@ _CHOICES = {
     "data.split_by": ("fraction", "day"),
     "teacher.pooling": ("mean", "last"),
     "probe.grouping": ("thirds", "profile"),
-    "students.encoder": ("tcn", "gru", "mixer"),
     "students.feat_loss": ("nmse", "cosine"),
-    "moe.mode": ("uniform", "gate", "hajek", "hajek_gate"),
     "moe.sigma": ("median", "learned"),
     "moe.fit_on": ("train", "val"),
-    "market.fill_model": ("design", "hftbacktest"),
     "market.calibrate.objective": ("pnlmap", "epnl", "sharpe"),
     "rl.action": ("discrete", "continuous"),
-    "logger.kind": ("csv", "wandb", "none"),
 }
 
 
@@ -375,25 +375,31 @@ def _validate(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, key) < 1:
             raise CMMInputError(f"config: {key} must be >= 1")
     _validate_data_path(cfg.data.path)
+    _validate_registered(cfg)
     _validate_market(cfg)
 
 
-POLICIES = ("cmm", "cmm_no_teacher", "single_student_kd", "fixed_spread", "avellaneda_stoikov", "teacher_probe",
-            "llm_agent")
+def _validate_registered(cfg: DictConfig) -> None:
+    """Every choice made by name is a registered one (registry.py), the closest named otherwise."""
+    from .registry import ENCODERS, FILL_MODELS, LOGGERS, MOE_MODES, POLICIES, TEACHER_MODELS
+
+    for key, registry in (("students.encoder", ENCODERS), ("moe.mode", MOE_MODES),
+                          ("market.fill_model", FILL_MODELS), ("logger.kind", LOGGERS)):
+        registry.check(OmegaConf.select(cfg, key))
+    for name in cfg.market.policies:
+        for need in POLICIES.check(name) and POLICIES.spec(name).needs:
+            if not OmegaConf.select(cfg, need):
+                raise CMMInputError(f"config: policy '{name}' needs {need}=true")
+    model = str(cfg.teacher.model)  # a registered name, an existing path or a hub id (org/name)
+    if model not in TEACHER_MODELS and not Path(os.path.expanduser(model)).exists() and "/" not in model:
+        TEACHER_MODELS.check(model)
 
 
 def _validate_market(cfg: DictConfig) -> None:
-    """Policies, episodes and the calibration grids, checked before anything trains."""
+    """Episodes and the calibration grids, checked before anything trains."""
     from .market.calibrate import check_grids
     from .market.episodes import check_episode_length
 
-    for name in cfg.market.policies:
-        if name not in POLICIES:
-            close = difflib.get_close_matches(str(name), POLICIES, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else f" (one of {', '.join(POLICIES)})"
-            raise CMMInputError(f"config: market.policies has unknown policy '{name}'{hint}")
-    if "llm_agent" in cfg.market.policies and not cfg.teacher.agent:
-        raise CMMInputError("config: policy 'llm_agent' needs teacher.agent=true (the teacher's generated numbers)")
     check_episode_length(cfg.market.episode_length)
     if cfg.market.n_episodes < 1:
         raise CMMInputError("config: market.n_episodes must be >= 1")

@@ -18,7 +18,7 @@ first averaged over training seeds (the episodes are the same market, not new da
 columns put every dataset's episodes together: pooled PnLMAP = ΣEPnL / Σ max(MAP, 1 share) with a
 bootstrap CI over episodes, and cmm against each baseline as a paired difference over the same
 episodes (CI, one-sided p-value, Holm across baselines), plus the number of datasets where cmm is
-ahead / behind (CI excluding zero) / indistinguishable. The spread over training seeds is the
+ahead / behind (CI excluding zero and Holm-adjusted p < 0.05) / indistinguishable. The spread over training seeds is the
 standard deviation of each dataset's pooled PnLMAP across seeds.
 """
 

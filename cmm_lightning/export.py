@@ -39,6 +39,7 @@ from torch import nn
 from .data.lob import Book
 from .data.windows import book_arrays, window_from_book
 from .io import atomic_path
+from .registry import MOE_MODES
 from .students.encoders import fold_input_affine
 from .students.stacked import N_TASKS, StackedStudents
 
@@ -54,7 +55,7 @@ class CMMDecision(nn.Module):
         st = spec["students"]
         S, F, T = st["n_students"], st["n_features"], st["window"]
         self.mode, self.names = spec["mode"], list(spec["names"])
-        self.uses_hajek, self.uses_gate = "hajek" in self.mode, "gate" in self.mode
+        self.uses_hajek, self.uses_gate = MOE_MODES.get(self.mode)
         self.students = StackedStudents.from_spec(st)  # proj slot = the scaled embedding e' (m dims)
         G = int(spec.get("gate_hidden", 1))
         self.register_buffer("gate_w1", torch.zeros(T * F, G))
@@ -310,7 +311,8 @@ def export_cmm(module) -> CMMDecision:
     spec_st = src.spec()
     S, F, T = spec_st["n_students"], spec_st["n_features"], spec_st["window"]
     mode = module.mode if is_moe else "uniform"
-    m = module.embed.weight.shape[-1] if is_moe and "hajek" in mode else 0
+    uses_hajek, uses_gate = MOE_MODES.get(mode)
+    m = module.embed.weight.shape[-1] if is_moe and uses_hajek else 0
     G = module.gate[0].out_features if is_moe else 1
     names = list(module.student_names)
     spec = {"format": FORMAT, "mode": mode, "names": names, "gate_hidden": int(G),
@@ -334,7 +336,7 @@ def export_cmm(module) -> CMMDecision:
         tau = float(module.tau)
         out.hajek_a.fill_(float(module.kappa) / (tau * (S - 1)) if S > 1 else 0.0)
     st.head.weight.copy_(torch.cat(weight, -1)); st.head.bias.copy_(torch.cat(bias, -1))
-    if is_moe and "gate" in mode:
+    if is_moe and uses_gate:
         tau = float(module.tau)
         W1, b1 = cpu(module.gate[0].weight).T, cpu(module.gate[0].bias)  # [2F, G]
         # summary s = [x̃_T, mean_t x̃_t], x̃ = (x − μ)/σ: s = vec(x) A + a0
@@ -369,7 +371,7 @@ def random_cmm(n_students: int = 9, window: int = 32, n_features: int = 23, hidd
                seed: int = 0, encoder: str = "tcn") -> CMMDecision:
     """A CMM of the default shape with random weights (latency does not depend on the values)."""
     g = torch.Generator().manual_seed(seed)
-    m = embed_dim if "hajek" in mode else 0
+    m = embed_dim if MOE_MODES.get(mode)[0] else 0
     spec = {"format": FORMAT, "mode": mode, "names": [f"s{i}" for i in range(n_students)],
             "gate_hidden": gate_hidden, "dimensions": ["random"] * n_students,
             "students": dict(n_students=n_students, window=window, n_features=n_features, encoder=encoder,

@@ -41,14 +41,25 @@ def wandb_has_credentials() -> bool:
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, name: str = "fit"):
-    """The configured Lightning logger writing under ``run_dir`` (``False`` for none)."""
-    kind = cfg.logger.kind
-    if kind == "none":
-        return False
-    if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+    """The Lightning logger registered as ``logger.kind`` (``registry.LOGGERS``), writing under
+    ``run_dir`` (``False`` for none)."""
+    from .registry import LOGGERS
 
-        return CSVLogger(save_dir=str(run_dir), name="logs", version=name)
+    return LOGGERS.get(cfg.logger.kind)(cfg, run_dir, name)
+
+
+def none_logger(cfg: DictConfig, run_dir: Path, name: str):
+    return False
+
+
+def csv_logger(cfg: DictConfig, run_dir: Path, name: str):
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(save_dir=str(run_dir), name="logs", version=name)
+
+
+def wandb_logger(cfg: DictConfig, run_dir: Path, name: str):
+    """W&B, offline unless credentials are present (see the module docstring)."""
     from lightning.pytorch.loggers import WandbLogger
 
     offline = cfg.logger.offline if cfg.logger.offline is not None else not wandb_has_credentials()

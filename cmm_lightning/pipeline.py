@@ -28,7 +28,6 @@ from .errors import CMMInputError
 from .io import read_json, write_json
 
 DIMENSIONS = ("layer", "task", "data")
-MOE_MODES = ("uniform", "gate", "hajek", "hajek_gate")
 
 
 class Run:
@@ -116,10 +115,12 @@ class Run:
         from .probe import ProbeResult, run_probe_stage
         from .teacher.prompts import prompt_numbers
 
+        from .training import fingerprint_of, mark_done, reusable
+
         probe_dir = self.dir / "probe"
-        key = {"teacher": self.teacher.fingerprint, "probe": OmegaConf.to_container(self.cfg.probe)}
+        key = fingerprint_of("probe", self.teacher.fingerprint, self.cfg.probe)
         stamp = probe_dir / "fingerprint.json"
-        if stamp.is_file() and read_json(stamp) == key and (probe_dir / "probe.json").is_file():
+        if reusable(stamp, key, probe_dir / "probe.json"):
             print(f"probe: reusing {probe_dir / 'probe.json'} (same teacher features and probe config)")
             res = ProbeResult.load(probe_dir)
         elif not self.rank_zero:  # the same closed-form probe (the plan), written to a scratch folder
@@ -132,7 +133,7 @@ class Run:
             raw = prompt_numbers(self.windows, self.teacher.ids, self.cfg.teacher.template)
             res = self.timed("probe", lambda: run_probe_stage(self.cfg, self.windows, self.teacher, raw,
                                                               self.dir, None))
-            write_json(stamp, key)
+            mark_done(stamp, key)
         summ = res.summary()
         self.report["probe"] = {"best_layer": res.plan["best_layer"], "plan": res.plan, "summary": summ,
                                 "selection": "layers and beats_raw chosen on val; r2 = test R² of that layer"}
@@ -216,7 +217,9 @@ class Run:
     @cached_property
     def moe(self) -> dict:
         """{mode: trained HajekMoE}: the configured mode first, then the ablations."""
-        modes = [self.cfg.moe.mode] + ([m for m in MOE_MODES if m != self.cfg.moe.mode]
+        from .registry import MOE_MODES
+
+        modes = [self.cfg.moe.mode] + ([m for m in MOE_MODES.names() if m != self.cfg.moe.mode]
                                        if self.cfg.moe.ablations else [])
         modules = list(self.students.values())
         return {m: self._train_moe(modules, m, self.cfg, self.dir, f"moe_{m}") for m in modes}
@@ -260,30 +263,15 @@ class Run:
 
     def predictions(self, policy: str) -> np.ndarray:
         """[W, 3] a prediction-driven policy's predictions for every window (target units), NaN
-        where it has none: teacher_probe and llm_agent only where the teacher read the window."""
-        if policy in self._predictions:
-            return self._predictions[policy]
-        W = len(self.windows.end)
-        every = np.arange(W)
-        if policy == "cmm":
-            out = self.predict(self.moe[self.cfg.moe.mode], every)
-        elif policy.startswith("cmm_") and policy[4:] in self.moe:
-            out = self.predict(self.moe[policy[4:]], every)
-        elif policy == "cmm_no_teacher":
-            out = self.predict(self.moe_no_teacher, every)
-        elif policy == "single_student_kd":
-            out = self.predict(self.single_student, every)
-        elif policy == "teacher_probe":  # the teacher as a trader: the probe's readout of its features
-            out = np.full((W, 3), np.nan, np.float32)
-            out[self.teacher.ids] = self.probe.readout(self.teacher.features)
-        elif policy == "llm_agent":  # the teacher's generated numbers (NaN: unparsable -> no quotes)
-            blob = self.agent_answers
-            out = np.full((W, 3), np.nan, np.float32)
-            out[blob["ids"]] = blob["preds"]
-        else:
-            raise CMMInputError(f"config: market.policies has unknown policy '{policy}'")
-        self._predictions[policy] = out
-        return out
+        where it has none (``registry.POLICIES``; ``cmm_<mode>``: an MoE ablation)."""
+        if policy not in self._predictions:
+            from .registry import POLICIES, load
+
+            if policy.startswith("cmm_") and policy[4:] in self.moe:
+                self._predictions[policy] = self.predict(self.moe[policy[4:]], np.arange(len(self.windows.end)))
+            else:
+                self._predictions[policy] = load(POLICIES.spec(policy).predictions)(self)
+        return self._predictions[policy]
 
     @cached_property
     def agent_answers(self) -> dict:
@@ -389,11 +377,11 @@ def _latency(run: Run) -> dict:
 def _main_policies(run: Run) -> list[str]:
     """The test table's policies in order: cmm, its MoE ablations right after it, then the rest
     of ``market.policies`` (the teacher policies have their own table)."""
-    from .compare import TEACHER_POLICIES
+    from .compare import reads_teacher
 
     out = []
     for name in run.cfg.market.policies:
-        if name in TEACHER_POLICIES:
+        if reads_teacher(name):
             continue
         out.append(name)
         if name == "cmm":
@@ -416,7 +404,7 @@ def compare_policies(run: Run) -> tuple[dict, dict]:
     """The test table and (when a teacher policy is listed) the teacher table: every policy
     calibrated on val, traded on the same test decisions, with CIs and paired tests (compare.py).
     Returns (report["backtest"], the test table's BacktestResults)."""
-    from .compare import TEACHER_POLICIES, Arena, Quoters, as_horizon_rows, run_table, summarize_table
+    from .compare import Arena, Quoters, as_horizon_rows, reads_teacher, run_table, summarize_table
     from .market.calibrate import grid_sizes
 
     w, m, names = run.windows, run.cfg.market, list(run.cfg.market.policies)
@@ -433,13 +421,12 @@ def compare_policies(run: Run) -> tuple[dict, dict]:
     seconds = table["seconds"]
     block["episodes"] = {"length": m.episode_length, "n": int(len(results["cmm"].episodes)) if "cmm" in results
                          else None, "rows": [int(test.bounds[0, 0]), int(test.end_row)]}
-    if any(n in names for n in TEACHER_POLICIES):
+    if any(reads_teacher(n) for n in names):
         read = np.isin(test_ids, run.teacher.ids)  # the test decisions whose window the teacher read
         if "llm_agent" in names:
             read &= np.isin(test_ids, run.agent_answers["ids"])
         if read.any():
-            tnames = [n for n in ("cmm", "cmm_no_teacher", "fixed_spread", "avellaneda_stoikov", "teacher_probe")
-                      if n in names]
+            tnames = [n for n in names if n != "llm_agent"]  # llm_agent borrows cmm's knobs
             ttable = run_table(w.book, m, quoters, tnames, test.subset("teacher", read),
                                cal.subset("teacher calibration", np.isin(cal_ids, run.teacher.ids)),
                                borrow={"llm_agent": "cmm"} if "llm_agent" in names else None)

@@ -225,7 +225,7 @@ def file_row(b: Book, i: int) -> int:
 
 
 def validate_book(b: Book) -> None:
-    """The DESIGN §2 checks, vectorised; the error names the source and the FIRST offending row.
+    """The input checks (docs/method.md, "Data"), vectorised; the error names the source and the FIRST offending row.
 
     Checks: NaN/inf sizes or volume, timestamps going back, negative sizes, non-positive sizes
     (zero allowed on deeper levels when ``meta['allow_empty_levels']``, LOBSTER padding), an empty

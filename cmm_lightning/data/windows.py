@@ -1,4 +1,4 @@
-"""Windows, targets, regimes and chronological splits (DESIGN §2), all vectorised.
+"""Windows, targets, regimes and chronological splits (docs/method.md, "Windows and targets"), all vectorised.
 
 A window ends at snapshot ``e`` (the decision time) and holds snapshots ``e-T+1 .. e``.
 Per-snapshot features (F = 4L + 3): bid and ask price offsets from the *window's current mid*

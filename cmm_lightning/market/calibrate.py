@@ -32,10 +32,6 @@ FAMILY_AXES = {
 }
 
 
-def family_of(policy: str) -> str:
-    return policy if policy in ("fixed_spread", "avellaneda_stoikov") else "prediction"
-
-
 def knob_grid(family: str, ccfg) -> list[dict]:
     """Every knob set of ``family`` (the product of its axes, in config order)."""
     axes = FAMILY_AXES[family]
@@ -146,5 +142,5 @@ def calibrate(quoter: Quoter, backtest: Callable[[np.ndarray, float], list], ccf
 
 
 __all__ = ["FAMILY_AXES", "Calibration", "Quoter", "as_quoter", "calibrate", "check_grids", "default_knobs",
-           "family_of", "fixed_spread_quoter", "grid_sizes", "knob_grid", "objective_value", "pooled_pnlmap",
+           "fixed_spread_quoter", "grid_sizes", "knob_grid", "objective_value", "pooled_pnlmap",
            "prediction_quoter"]

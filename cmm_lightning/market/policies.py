@@ -25,22 +25,26 @@ from .engine import BacktestResult, default_end_row, run_backtest
 from .episodes import episode_bounds, resolve_episode_length
 
 
-def _cfg(cfg, key, default):
-    val = getattr(cfg, key, default) if cfg is not None else default
-    return default if val is None else val
+def _market(cfg):
+    """The market config, or its defaults (``config.MarketConfig``: the one place they live)."""
+    from ..config import MarketConfig
+
+    return MarketConfig() if cfg is None else cfg
 
 
 def fixed_spread(n_decisions: int, cfg=None) -> np.ndarray:
+    cfg = _market(cfg)
     sig = np.empty((n_decisions, 4))
     sig[:, 0] = 0.0
-    sig[:, 1] = 2.0 * float(_cfg(cfg, "fixed_half_spread", 1.0))
-    sig[:, 2] = float(_cfg(cfg, "base_size", 100))
-    sig[:, 3] = float(_cfg(cfg, "eta", 0.05))
+    sig[:, 1] = 2.0 * float(cfg.fixed_half_spread)
+    sig[:, 2] = float(cfg.base_size)
+    sig[:, 3] = float(cfg.eta)
     return sig
 
 
 def estimate_as_params(book, train_rows, cfg=None, horizon_rows: int | None = None) -> dict:
     """σ, k, γ of Avellaneda–Stoikov from book rows ``train_rows = (first, end)`` (ticks, rows)."""
+    cfg = _market(cfg)
     lo, hi = int(train_rows[0]), int(min(train_rows[1], book.n))
     if hi - lo < 3:
         raise CMMInputError("avellaneda_stoikov: need at least 3 training rows")
@@ -51,13 +55,13 @@ def estimate_as_params(book, train_rows, cfg=None, horizon_rows: int | None = No
     dist = np.abs(book.trade_px[r][traded] - book.mid[r - 1][traded])
     s_med = float(np.median(book.spread[lo:hi]))
     k = 1.0 / float(dist.mean()) if dist.size and dist.mean() > 0 else 2.0 / max(s_med, 1.0)
-    length = _cfg(cfg, "episode_length", None)
+    length = cfg.episode_length
     H = float(horizon_rows or (length if isinstance(length, int) and length > 0 else hi - lo))
-    base = float(_cfg(cfg, "base_size", 100))
+    base = float(cfg.base_size)
     gamma = s_med / (base * max(sigma, 1e-6) ** 2 * H)
     out = {"sigma": sigma, "k": k, "gamma": gamma, "median_spread": s_med}
     for key in ("sigma", "k", "gamma"):
-        fixed = _cfg(cfg, f"as_{key}", None)
+        fixed = getattr(cfg, f"as_{key}")
         if fixed is not None:
             out[key] = float(fixed)
     return out
@@ -67,13 +71,14 @@ def avellaneda_stoikov(book, decision_rows, cfg=None, train_rows=None, end_row=N
                        episode_length=None, as_params: dict | None = None, episodes=None) -> np.ndarray:
     """AS signals for ``decision_rows``; T−t counted in rows to the end of each decision's episode
     (``episodes`` [E, 2], or cut from the first decision by ``episode_length``)."""
+    cfg = _market(cfg)
     dec = np.asarray(decision_rows, np.int64)
     if episodes is not None:
         eps = np.asarray(episodes, np.int64)
     else:
-        episode_length = episode_length if episode_length is not None else _cfg(cfg, "episode_length", None)
+        episode_length = episode_length if episode_length is not None else cfg.episode_length
         end = default_end_row(dec, book.n) if end_row is None else int(min(end_row, book.n))
-        episode_length = resolve_episode_length(episode_length, end - int(dec[0]), int(_cfg(cfg, "n_episodes", 20)))
+        episode_length = resolve_episode_length(episode_length, end - int(dec[0]), int(cfg.n_episodes))
         eps = episode_bounds(int(dec[0]), end, episode_length, ts=book.ts)
     if as_params is None:
         if train_rows is None:
@@ -82,12 +87,12 @@ def avellaneda_stoikov(book, decision_rows, cfg=None, train_rows=None, end_row=N
     g, s2, k = as_params["gamma"], as_params["sigma"] ** 2, as_params["k"]
     ep_end = eps[np.clip(np.searchsorted(eps[:, 0], dec, side="right") - 1, 0, len(eps) - 1), 1]
     tau = np.maximum(ep_end - dec, 0).astype(np.float64)
-    c = float(_cfg(cfg, "spread_mult", 1.0))
+    c = float(cfg.spread_mult)
     sig = np.empty((len(dec), 4))
     sig[:, 0] = 0.0
     sig[:, 3] = g * s2 * tau
     sig[:, 1] = (g * s2 * tau + (2.0 / g) * np.log1p(g / k)) / c
-    sig[:, 2] = float(_cfg(cfg, "base_size", 100))
+    sig[:, 2] = float(cfg.base_size)
     return sig
 
 
@@ -96,7 +101,8 @@ def predictions(preds, cfg=None, volume_ref: float | None = None) -> np.ndarray:
     p = np.asarray(preds, np.float64)
     if p.ndim != 2 or p.shape[1] != 3:
         raise CMMInputError(f"predictions must be [D, 3] (mid, spread, volume), got {p.shape}")
-    base = float(_cfg(cfg, "base_size", 100))
+    cfg = _market(cfg)
+    base = float(cfg.base_size)
     sig = np.empty((len(p), 4))
     sig[:, 0] = p[:, 0]
     sig[:, 1] = p[:, 1]
@@ -104,7 +110,7 @@ def predictions(preds, cfg=None, volume_ref: float | None = None) -> np.ndarray:
         sig[:, 2] = base * np.maximum(np.expm1(p[:, 2]), 0.0) / float(volume_ref)
     else:
         sig[:, 2] = base
-    sig[:, 3] = float(_cfg(cfg, "eta", 0.05))
+    sig[:, 3] = float(cfg.eta)
     return sig
 
 

@@ -1,4 +1,4 @@
-"""Quoting rule (DESIGN §7): per-decision signals -> passive bid/ask quotes, in integer ticks.
+"""Quoting rule (docs/method.md, "Quoting rule"): per-decision signals -> passive bid/ask quotes, in integer ticks.
 
 Signals per decision are ``(m̂, ŝ, v̂, η)``: predicted mid move (ticks), predicted spread (ticks),
 size (shares) and inventory skew (ticks per share). With ``q`` the inventory and ``c`` =
@@ -30,13 +30,12 @@ from ..errors import CMMInputError
 (P_C, P_MIN, P_MAX, P_LIMIT, P_LOT, P_MAKER, P_TAKER, P_LAT, P_LATNS, P_POSTONLY,
  P_PARTIAL, P_DEPTHCAP, P_MSGS, P_HFT, P_RESPNS, P_TICK) = range(16)
 NP = 16
-FILL_MODELS = ("design", "hftbacktest")
 EPS = 1e-9  # floor/ceil tolerance: p − δ = 99.999999999 still quotes 100
 
 
 @njit(cache=True, inline="always")
 def quote(prm, best_bid, best_ask, inv, m_hat, s_hat, v_hat, eta):
-    """DESIGN §7 quoting rule, in ticks -> (bid_px, bid_sz, ask_px, ask_sz).
+    """The quoting rule (docs/method.md, "Quoting rule"), in ticks -> (bid_px, bid_sz, ask_px, ask_sz).
 
     p = mid + m̂ − η·q;  δ = max(1, c·ŝ/2);  bid = ⌊p − δ⌋ ≤ best_ask − 1;  ask = ⌈p + δ⌉ ≥ best_bid + 1;
     size = v̂ rounded down to lots, clipped to [min_size, max_size]; a side whose full fill would
@@ -67,38 +66,35 @@ def _limit_raw(limit, inv, bp, bsz, ap, asz):
     return bp, bsz, ap, asz
 
 
-def _get(cfg, key, default):
-    val = getattr(cfg, key, default) if cfg is not None else default
-    return default if val is None else val
-
-
 def params(cfg, tick_size: float, has_messages: bool = False) -> np.ndarray:
-    """``MarketConfig`` -> the float64 parameter vector (fees converted to ticks per share)."""
+    """``MarketConfig`` (None: the defaults) -> the float64 parameter vector (fees converted to
+    ticks per share)."""
+    from ..config import MarketConfig
+    from ..registry import FILL_MODELS
+
+    cfg = MarketConfig() if cfg is None else cfg
     prm = np.zeros(NP)
-    prm[P_C] = float(_get(cfg, "spread_mult", 1.0))
-    prm[P_MIN] = float(_get(cfg, "min_size", 10))
-    prm[P_MAX] = float(_get(cfg, "max_size", 500))
-    prm[P_LIMIT] = float(_get(cfg, "inventory_limit", 1000))
-    prm[P_LOT] = float(_get(cfg, "lot_size", 1.0))
-    prm[P_MAKER] = float(_get(cfg, "maker_fee", 0.0)) / tick_size
-    prm[P_TAKER] = float(_get(cfg, "taker_fee", 0.0)) / tick_size
-    prm[P_LAT] = float(_get(cfg, "latency", 1))
-    prm[P_LATNS] = float(_get(cfg, "latency_ns", 0))
-    prm[P_POSTONLY] = float(bool(_get(cfg, "post_only", False)))
-    prm[P_PARTIAL] = float(bool(_get(cfg, "partial_fills", True)))
-    prm[P_DEPTHCAP] = float(bool(_get(cfg, "queue_depth_cap", False)))
+    prm[P_C] = float(cfg.spread_mult)
+    prm[P_MIN] = float(cfg.min_size)
+    prm[P_MAX] = float(cfg.max_size)
+    prm[P_LIMIT] = float(cfg.inventory_limit)
+    prm[P_LOT] = float(cfg.lot_size)
+    prm[P_MAKER] = float(cfg.maker_fee) / tick_size
+    prm[P_TAKER] = float(cfg.taker_fee) / tick_size
+    prm[P_LAT] = float(cfg.latency)
+    prm[P_LATNS] = float(cfg.latency_ns)
+    prm[P_POSTONLY] = float(bool(cfg.post_only))
+    prm[P_PARTIAL] = float(bool(cfg.partial_fills))
+    prm[P_DEPTHCAP] = float(bool(cfg.queue_depth_cap))
     prm[P_MSGS] = float(has_messages)
-    fill_model = str(_get(cfg, "fill_model", "design"))
-    if fill_model not in FILL_MODELS:
-        raise CMMInputError(f"config: market.fill_model={fill_model!r} is not one of {', '.join(FILL_MODELS)}")
-    prm[P_RESPNS] = float(_get(cfg, "response_latency_ns", 0))
+    prm[P_RESPNS] = float(cfg.response_latency_ns)
     prm[P_TICK] = float(tick_size)
-    if fill_model == "hftbacktest":  # risk_adverse_queue_model + no_partial_fill_exchange + GTX quotes
+    if FILL_MODELS.check(str(cfg.fill_model)) == "hftbacktest":  # risk_adverse queue + no partial fill + GTX
         prm[P_HFT], prm[P_POSTONLY], prm[P_PARTIAL], prm[P_DEPTHCAP] = 1.0, 1.0, 0.0, 1.0
         if prm[P_LATNS] < 0 or prm[P_RESPNS] < 0:
             raise CMMInputError("config: market.latency_ns and market.response_latency_ns must be >= 0")
     elif prm[P_LATNS] <= 0 and prm[P_LAT] < 1:
-        raise CMMInputError(f"config: market.latency={_get(cfg, 'latency', 1)} must be >= 1 snapshot "
+        raise CMMInputError(f"config: market.latency={cfg.latency} must be >= 1 snapshot "
                             "(a decision sees row d; acting on row d itself would look ahead)")
     if prm[P_LOT] <= 0 or prm[P_MIN] > prm[P_MAX]:
         raise CMMInputError("config: need market.lot_size > 0 and market.min_size <= market.max_size")

@@ -1,4 +1,4 @@
-"""RL market makers on the backtest engine itself (DESIGN §7, issue 9): one engine, two doors.
+"""RL market makers on the backtest engine itself (docs/method.md, "Baselines"; issue 9): one engine, two doors.
 
 A gymnasium environment (:class:`MarketMakingEnv`, one episode) and an SB3 ``VecEnv``
 (:class:`MarketMakingVecEnv`, many episodes stepped in one numba call) drive the SAME kernels as
@@ -47,17 +47,13 @@ from stable_baselines3.common.logger import KVWriter
 from stable_baselines3.common.vec_env import VecEnv
 
 from ..errors import CMMInputError
-from ..io import atomic_path, read_json, write_json
+from ..io import atomic_path
+from ..training import mark_done, reusable
 from .engine import F_CASH, F_INV, I_NLOG, Engine, advance, decide, default_end_row, fills_table, reset, submit
 from .episodes import episode_bounds, resolve_episode_length, typical_rows
 
 OBS_VERSION = "rl-obs-v1"
 N_STATS = 5  # window statistics appended to the last snapshot's features
-
-
-def _get(cfg, key, default):
-    val = getattr(cfg, key, default) if cfg is not None else default
-    return default if val is None else val
 
 
 # --------------------------------------------------------------------------- observations
@@ -105,21 +101,21 @@ class RLTask:
             table = np.concatenate([table, np.zeros((len(table), 3), np.float32)], 1)
             table[ids, -3:] = _standardize(preds[ids], preds[ids][train])
         self.table, self.preds = table, preds
-        self.episode_length = _get(self.market, "episode_length", None)  # rows, a duration or None
+        self.episode_length = self.market.episode_length  # rows, a duration, "auto" or None
         if self.episode_length == "auto":  # the test split in market.n_episodes parts (as the pipeline)
             _, dec = self.decisions("test")
             self.episode_length = resolve_episode_length("auto", default_end_row(dec, self.book.n) - int(dec[0]),
-                                                         int(_get(self.market, "n_episodes", 20)))
+                                                         int(self.market.n_episodes))
         if isinstance(self.episode_length, str):  # a duration: its typical rows on the train split
             _, dec = self.decisions("train")
             self.horizon = typical_rows(episode_bounds(int(dec[0]), default_end_row(dec, self.book.n),
                                                        self.episode_length, ts=self.book.ts))
         else:
             self.horizon = int(self.episode_length or self.rl.episode_length)
-        self.limit = float(_get(self.market, "inventory_limit", 1000))
-        self.base = float(_get(self.market, "base_size", 100))
-        self.c = float(_get(self.market, "spread_mult", 1.0))
-        self.eta = float(_get(self.market, "eta", 0.05))
+        self.limit = float(self.market.inventory_limit)
+        self.base = float(self.market.base_size)
+        self.c = float(self.market.spread_mult)
+        self.eta = float(self.market.eta)
         self.offsets = np.asarray(self.rl.offsets, np.float64)
         self.half_spreads = np.asarray(self.rl.half_spreads, np.float64)
         if len(self.offsets) == 0 or len(self.half_spreads) == 0 or self.half_spreads.min() <= 0:
@@ -478,11 +474,12 @@ def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
     from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import VecMonitor
 
-    seed = int(_get(getattr(cfg, "run", None), "seed", 0))
+    seed = int(cfg.run.seed)
     out = Path(run_dir) / "rl"
     ckpt, meta_path = out / f"{name}.zip", out / f"{name}.json"
     fp = task.fingerprint(name, seed)
-    if ckpt.is_file() and meta_path.is_file() and read_json(meta_path).get("fingerprint") == fp:
+    if reusable(meta_path, fp, ckpt):
+        print(f"{name}: reusing {ckpt} (same fingerprint {fp})")
         return load_agent(ckpt)
 
     import torch
@@ -500,7 +497,7 @@ def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
     evalcb = EvalCallback(val_env, n_eval_episodes=val_env.num_envs, eval_freq=max(1, int(cfg.rl.eval_freq) // n_envs),
                           best_model_save_path=str(best_dir), deterministic=True, verbose=0,
                           callback_after_eval=stop, warn=False)
-    progress = bool(_get(getattr(cfg, "trainer", None), "enable_progress_bar", True))
+    progress = bool(cfg.trainer.enable_progress_bar)
     model.learn(total_timesteps=int(cfg.rl.timesteps), callback=evalcb, progress_bar=progress)
     best = best_dir / "best_model.zip"
     trained, n_evals = int(model.num_timesteps), evalcb.n_calls // evalcb.eval_freq
@@ -511,13 +508,13 @@ def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
         best_dir.rmdir()
     with atomic_path(ckpt) as tmp, open(tmp, "wb") as f:
         model.save(f)
-    summary = {"fingerprint": fp, "name": name, "algo": "PPO (stable-baselines3)", "seed": seed,
+    summary = {"name": name, "algo": "PPO (stable-baselines3)", "seed": seed,
                "timesteps_trained": trained, "best_at_timesteps": int(model.num_timesteps), "n_evals": int(n_evals),
                "best_val_reward": float(best_reward), "stopped_early": trained < int(cfg.rl.timesteps),
                "obs_dim": int(task.observation_space.shape[0]), "action": str(cfg.rl.action),
                "n_envs": int(n_envs), "train_s": round(time.perf_counter() - t0, 3),
                "torch_threads": torch.get_num_threads()}
-    write_json(meta_path, summary)
+    mark_done(meta_path, fp, **summary)
     if logger:
         logger.log_metrics({f"rl/{name}/best_val_reward": summary["best_val_reward"],
                             f"rl/{name}/train_s": summary["train_s"]}, step=trained)

@@ -1,8 +1,8 @@
-"""Hájek-MoE (DESIGN §6): pure kernel / U-statistic / contribution functions and the fusion module."""
+"""Hájek-MoE (docs/method.md, "Hájek-MoE"): pure kernel / U-statistic / contribution functions and the fusion module."""
 
 from . import hajek
 
-_LAZY = ("HajekMoE", "train_moe", "MODES")
+_LAZY = ("HajekMoE", "train_moe")
 
 
 def __getattr__(name):

@@ -1,9 +1,10 @@
-"""Hájek-MoE fusion as pure functions (DESIGN §6), batched over windows: e [B, S, m].
+"""Hájek-MoE fusion as pure functions (docs/method.md, "Hájek-MoE"), batched over windows: e [B, S, m].
 
 Student i gives a prediction ŷ_i and an embedding e_i = Q_i h_i ∈ R^m in a shared space.
 
     k(a, b) = exp(−‖a − b‖² / 2σ²)                                    RBF kernel
-    σ       = median_{i≠j} ‖e_i − e_j‖  (median heuristic, over the batch)
+    σ²      = median_{i≠j} ‖e_i − e_j‖²  (median heuristic, over the batch; the module keeps a
+              running average while fitting and uses it at inference)
     U       = 1/(N(N−1)) Σ_{i≠j} k(e_i, e_j)                           mean pairwise agreement (U-statistic)
     c_i     = 1/(N−1) Σ_{j≠i} k(e_i, e_j) − U                          Hájek projection: i's contribution
     w       = softmax((κ · c + g(x)) / τ)                              ŷ = Σ_i w_i ŷ_i

@@ -35,22 +35,19 @@ from torch import nn
 from ..config import MoEConfig
 from ..data.windows import REGIMES, TASKS
 from ..errors import CMMInputError
+from ..registry import MOE_MODES
 from ..students.encoders import StackedLinear, fold_input_affine
-from ..students.modules import (_trainer_kwargs, data_fingerprint, fingerprint_of, fit_module, plain,
-                                regression_metrics)
+from ..students.modules import regression_metrics
+from ..training import data_fingerprint, fingerprint_of, fit_module, plain, trainer_kwargs
 from ..students.stacked import N_TASKS, StackedStudents
 from .hajek import hajek_contributions, hajek_weights, median_sigma2, mix, rbf_kernel
-
-MODES = ("uniform", "gate", "hajek", "hajek_gate")
 
 
 class HajekMoE(L.LightningModule):
     def __init__(self, spec: dict, moe: Optional[dict] = None, mode: Optional[str] = None):
         super().__init__()
         cfg = {**dataclasses.asdict(MoEConfig()), **plain(moe or {})}
-        mode = mode or cfg["mode"]
-        if mode not in MODES:
-            raise CMMInputError(f"moe.mode={mode!r} is not one of {', '.join(MODES)}")
+        mode = MOE_MODES.check(mode or cfg["mode"])
         cfg["mode"] = mode
         spec = plain(spec)
         self.save_hyperparameters(dict(spec=spec, moe=cfg, mode=mode))
@@ -70,7 +67,7 @@ class HajekMoE(L.LightningModule):
         self.log_tau = nn.Parameter(torch.tensor(math.log(float(cfg["tau"]))))
         self.log_sigma = nn.Parameter(torch.tensor(0.0))
         self.register_buffer("sigma2", torch.tensor(-1.0))  # median heuristic; ≤ 0: not calibrated yet
-        self.uses_hajek, self.uses_gate = "hajek" in mode, "gate" in mode
+        self.uses_hajek, self.uses_gate = MOE_MODES.get(mode)
         self._set_trainable()
         self.val_metrics, self.test_metrics = regression_metrics(), regression_metrics()
         self._wsum = self._wcnt = None
@@ -331,7 +328,7 @@ def train_moe(student_modules: Sequence, datamodule, cfg, run_dir, mode: Optiona
     datamodule = (datamodule.stacking_view(float(mcfg["fit_frac"]), bs) if mcfg["fit_on"] == "val"
                   else datamodule.with_splits(bs))
     fp = fingerprint_of("moe", mode, {k: v for k, v in mcfg.items() if k not in ("mode", "ablations")},
-                        _modules_fingerprint(student_modules), data_fingerprint(datamodule), _trainer_kwargs(cfg),
+                        _modules_fingerprint(student_modules), data_fingerprint(datamodule), trainer_kwargs(cfg),
                         int(cfg.run.seed), datamodule.batch_size, fingerprint)
     return fit_module(lambda: HajekMoE.from_students(student_modules, mcfg, mode), HajekMoE, datamodule, cfg,
                       Path(run_dir) / "checkpoints" / f"moe_{mode}", fp, mcfg["max_epochs"], mcfg["patience"],

@@ -1,4 +1,4 @@
-"""Normalized fluorescent probe (DESIGN §4): where in the teacher each market quantity lives, per regime."""
+"""Normalized fluorescent probe (docs/method.md, "Probe"): where in the teacher each market quantity lives, per regime."""
 
 from .fluorescence import (REGIMES_ALL, ProbeResult, Readout, fluorescence, make_plan, run_probe,
                            run_probe_stage, segment_profiles, thirds)

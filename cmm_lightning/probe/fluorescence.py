@@ -52,7 +52,6 @@ from ..io import atomic_path, read_json, write_json
 from .ridge import as_float, fit_ridge, fit_ridge_gram, r2_score
 
 REGIMES_ALL = REGIMES + ("all",)
-DEFAULT_LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 _FIT_NOTE = ("per regime: fit on the regime's train windows, lambda on its val windows, "
              "R2 on its test windows (own mean); 'all' uses every window")
 
@@ -221,7 +220,7 @@ class ProbeResult:
     # regime "all" test windows: feature rows, targets, predictions of the val-chosen layer's probe
     # and of the val-chosen raw control (the information gain's inputs; probe/test_predictions.npz)
     test_predictions: dict = field(default_factory=dict)
-    lambdas: tuple = DEFAULT_LAMBDAS
+    lambdas: tuple = ()  # the λ grid searched (probe.lambdas)
     tasks: tuple = TASKS
     regimes: tuple = REGIMES_ALL
     seconds: float = 0.0
@@ -358,15 +357,17 @@ def _nan_to_none_dict(d):
 
 
 def _cfg(cfg_probe) -> dict:
-    get = (lambda k, v: getattr(cfg_probe, k, v)) if cfg_probe is not None else (lambda k, v: v)
-    lambdas = [float(x) for x in get("lambdas", DEFAULT_LAMBDAS)]
+    """The probe config (None: ``config.ProbeConfig``'s defaults), checked, as plain values."""
+    from ..config import ProbeConfig
+
+    c = ProbeConfig() if cfg_probe is None else cfg_probe
+    lambdas = [float(x) for x in c.lambdas]
     if not lambdas or min(lambdas) < 0:
         raise CMMInputError(f"config: probe.lambdas={lambdas} must be a non-empty list of numbers >= 0")
-    if int(get("n_groups", 3)) < 1:
+    if int(c.n_groups) < 1:
         raise CMMInputError("config: probe.n_groups must be >= 1")
-    return {"lambdas": lambdas,
-            "grouping": str(get("grouping", "thirds")), "n_groups": int(get("n_groups", 3)),
-            "seed": int(get("seed", 0)), "min_windows": int(get("min_windows", 20))}
+    return {"lambdas": lambdas, "grouping": str(c.grouping), "n_groups": int(c.n_groups), "seed": int(c.seed),
+            "min_windows": int(c.min_windows)}
 
 
 def _layout(regime: np.ndarray, split: np.ndarray, min_windows: int):

@@ -1,4 +1,4 @@
-"""OFDD students (DESIGN §5): stacked window encoders, the OFDD loss, one LightningModule per dimension.
+"""OFDD students (docs/method.md, "OFDD students"): stacked window encoders, the OFDD loss, one LightningModule per dimension.
 
 ``encoders`` and ``stacked`` need only torch (the exported CMM imports them); the Lightning
 modules and training helpers are imported lazily from ``modules``.
@@ -7,7 +7,7 @@ modules and training helpers are imported lazily from ``modules``.
 from .stacked import StackedStudents
 
 _LAZY = ("StudentsModule", "LayerStudents", "TaskStudents", "DataStudents", "DIMENSIONS", "train_students",
-         "evaluate", "fit_module")
+         "evaluate")
 
 
 def __getattr__(name):

@@ -93,6 +93,10 @@ class PerStudentEarlyStopping(L.Callback):
                     "best_loss": float(self.best[i]) if self.best_epoch[i] >= 0 else None,
                     "done": bool(self.done[i])} for i, n in enumerate(self.names or [])}
 
+    def done_info(self) -> dict:
+        """What ``done.json`` records: every student's best epoch and loss, and their mean."""
+        return {"best_score": self.mean_best(), "students": self.summary()}
+
     def mean_best(self) -> Optional[float]:
         """Mean of the students' best losses (= the mean per-student val loss of the kept module)."""
         ok = self.best_epoch >= 0

@@ -166,11 +166,10 @@ class MixerEncoder(StackedEncoder):
         return self.out(self.ln3(z).mean(2)).relu_()
 
 
-ENCODERS = {"tcn": TCNEncoder, "gru": GRUEncoder, "mixer": MixerEncoder}
-
-
 def build_encoder(kind: str, n_students: int, window: int, n_features: int, hidden: int = 48,
                   channels: int = 24, kernel: int = 8) -> StackedEncoder:
-    if kind not in ENCODERS:
-        raise ValueError(f"unknown encoder '{kind}' (one of {', '.join(ENCODERS)})")
-    return ENCODERS[kind](n_students, window, n_features, hidden=hidden, channels=channels, kernel=kernel)
+    """The encoder registered as ``kind`` (``registry.ENCODERS``: tcn, gru, mixer, or your own
+    ``StackedEncoder`` subclass with this constructor)."""
+    from ..registry import ENCODERS
+
+    return ENCODERS.get(kind)(n_students, window, n_features, hidden=hidden, channels=channels, kernel=kernel)

@@ -1,4 +1,4 @@
-"""The OFDD loss (DESIGN §5), per student, with a per-student window mask.
+"""The OFDD loss (docs/method.md, "OFDD students"), per student, with a per-student window mask.
 
 For student s over the windows b it sees (mask m_sb ∈ {0, 1}; data students see one regime):
 

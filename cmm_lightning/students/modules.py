@@ -1,4 +1,4 @@
-"""OFDD students as Lightning modules: one per dimension, one shared base (DESIGN §5).
+"""OFDD students as Lightning modules: one per dimension, one shared base (docs/method.md, "OFDD students").
 
 * ``LayerStudents``: one student per layer group of the probe plan; its teacher slice is the
   mean of the group's standardized layers.
@@ -31,15 +31,11 @@ same fingerprint; ``evaluate`` gives test R²/MSE/MAE per task for every student
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_score
@@ -49,24 +45,10 @@ from ..config import StudentsConfig
 from ..data.datamodule import with_teacher
 from ..data.windows import REGIMES, TASKS
 from ..errors import CMMInputError
-from ..io import read_json, write_json
+from ..training import data_fingerprint, fingerprint_of, fit_module, plain, trainer_kwargs
 from .early_stopping import PerStudentEarlyStopping
 from .losses import ofdd_loss
 from .stacked import StackedStudents
-
-
-def plain(obj):
-    """OmegaConf / numpy / tuples → plain JSON types (checkpoint hparams must load weights_only)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            obj = OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else list(o)))
 
 
 def _safe_std(var: torch.Tensor) -> torch.Tensor:
@@ -447,106 +429,6 @@ DIMENSIONS = {"layer": LayerStudents, "task": TaskStudents, "data": DataStudents
 # ---------------------------------------------------------------------------------------------
 # training plumbing (shared with the MoE)
 # ---------------------------------------------------------------------------------------------
-def fingerprint_of(*parts) -> str:
-    return hashlib.sha256(json.dumps(plain(list(parts)), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def data_fingerprint(datamodule) -> str:
-    """Windows + (a sample of) the attached teacher features: a changed input never reuses a fit."""
-    h = hashlib.sha256(datamodule.windows.fingerprint().encode())
-    t = getattr(datamodule, "teacher", None)
-    if t is not None:
-        h.update(str(tuple(t.shape)).encode())
-        rows = sorted({0, len(t) // 2, len(t) - 1})
-        h.update(np.ascontiguousarray(np.asarray(t[rows])).tobytes())
-        h.update(np.ascontiguousarray(datamodule.teacher_rows).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _trainer_kwargs(cfg) -> dict:
-    tr = plain(cfg.trainer) if cfg is not None and "trainer" in cfg else {}
-    keep = ("accelerator", "devices", "strategy", "num_nodes", "precision", "enable_progress_bar", "deterministic")
-    return {k: tr[k] for k in keep if k in tr}
-
-
-def fit_module(make: Callable[[], L.LightningModule], cls, datamodule, cfg, ckpt_dir: Path, fingerprint: str,
-               max_epochs: int, patience: int, prepare: Optional[Callable] = None, logger=None,
-               callbacks: Sequence = (), monitor: str = "val/loss", train: bool = True, per_student: bool = False):
-    """Fit ``make()`` with early stopping; resume from ``last.ckpt``; skip when done.
-
-    ``ckpt_dir`` holds ``fingerprint.json`` (what the checkpoints belong to), ``last.ckpt``,
-    ``best.ckpt`` and, once finished, ``done.json``. A different fingerprint clears the folder.
-    Returns the best module loaded back with ``weights_only=True`` (on CPU).
-
-    * ``per_student=False`` (one model, the MoE): Lightning's ``EarlyStopping`` on ``monitor``;
-      ``best.ckpt`` is the epoch with the lowest ``monitor``.
-    * ``per_student=True`` (a students module): ``PerStudentEarlyStopping`` — every student on its
-      own ``student/<name>/loss`` with its own patience and best weights; training stops when all
-      are done. ``last.ckpt`` (every epoch) carries the per-student state, ``best.ckpt`` holds each
-      student's best weights, ``done.json`` adds ``students: {name: {best_epoch, best_loss, done}}``
-      and ``best_score`` = the mean of the students' best losses.
-    """
-    from ..dist import is_global_zero
-
-    ckpt_dir = Path(ckpt_dir)
-    zero = is_global_zero()  # under DDP every rank decides the same; only rank 0 writes
-    done, best, last, fp_file = (ckpt_dir / n for n in ("done.json", "best.ckpt", "last.ckpt", "fingerprint.json"))
-    if done.is_file() and best.is_file() and read_json(done).get("fingerprint") == fingerprint:
-        print(f"{ckpt_dir.name}: reusing {best} (same fingerprint {fingerprint})")
-        return cls.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
-    same = fp_file.is_file() and read_json(fp_file).get("fingerprint") == fingerprint
-    if zero:  # stale files go first, the new fingerprint last (a peer reading meanwhile decides alike)
-        if ckpt_dir.exists() and not same:
-            for f in (*ckpt_dir.glob("*.ckpt"), done):
-                f.unlink(missing_ok=True)
-        write_json(fp_file, {"fingerprint": fingerprint})
-    resume = str(last) if same and last.is_file() else None
-    L.seed_everything(int(cfg.run.seed) if cfg is not None and "run" in cfg else 0, workers=True, verbose=False)
-    module = make()
-    if resume is None and prepare is not None:
-        prepare(module)
-    if not train:  # nothing to optimise (e.g. uniform MoE over frozen students)
-        if not zero:
-            return module.cpu().eval()
-        _save_plain_checkpoint(module, best)
-        write_json(done, {"fingerprint": fingerprint, "best": str(best), "trained": False})
-        return cls.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
-    if per_student:
-        stop = PerStudentEarlyStopping(patience=int(patience))
-        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)  # every epoch
-    else:
-        stop = EarlyStopping(monitor=monitor, patience=int(patience), mode="min")
-        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1,
-                               save_last=True, enable_version_counter=False)
-    trainer = L.Trainer(max_epochs=int(max_epochs), logger=logger if logger is not None else False,
-                        callbacks=[stop, ckpt, *callbacks],
-                        default_root_dir=str(ckpt_dir), enable_model_summary=False, log_every_n_steps=10,
-                        **_trainer_kwargs(cfg))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-    if per_student:  # the module now holds every student's best weights (stop.on_fit_end)
-        trainer.save_checkpoint(best, weights_only=True)  # rank 0 writes, every rank waits for it
-        path, info = best, {"best_score": stop.mean_best(), "students": stop.summary()}
-    else:
-        path, score = Path(ckpt.best_model_path or str(last)), ckpt.best_model_score
-        info = {"best_score": None if score is None else float(score)}
-    if not zero:  # rank 0 saved the checkpoints (Lightning waits for it); read, don't write
-        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
-    if path != best and path.is_file():
-        best.write_bytes(path.read_bytes())
-    write_json(done, {"fingerprint": fingerprint, "best": str(best), "trained": True, **info,
-                      "epochs": int(trainer.current_epoch)})
-    return cls.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
-
-
-def _save_plain_checkpoint(module: L.LightningModule, path: Path) -> None:
-    """A Lightning-loadable checkpoint without a Trainer (state dict + plain hparams)."""
-    from ..io import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                    "pytorch-lightning_version": L.__version__}, tmp)
-
-
 def train_students(dimension: str, plan: dict, datamodule, cfg, run_dir, logger=None, callbacks: Sequence = (),
                    fingerprint: Optional[str] = None) -> StudentsModule:
     """Train (or reuse / resume) the students of one ``dimension`` ∈ layer | task | data."""
@@ -558,12 +440,12 @@ def train_students(dimension: str, plan: dict, datamodule, cfg, run_dir, logger=
     scfg = plain(cfg.students)
     kwargs = dict(plan=plain(plan), students=scfg, n_features=datamodule.windows.n_features,
                   window=datamodule.windows.window, teacher_shape=teacher_shape)
-    fp = fingerprint_of("students", dimension, kwargs, data_fingerprint(datamodule), _trainer_kwargs(cfg),
+    fp = fingerprint_of("students", dimension, kwargs, data_fingerprint(datamodule), trainer_kwargs(cfg),
                         int(cfg.run.seed), datamodule.batch_size, fingerprint,
                         "per-student early stopping")  # fits (and last.ckpt) of the mean-loss stopping are stale
     return fit_module(lambda: cls(**kwargs), cls, datamodule, cfg, Path(run_dir) / "checkpoints" / dimension, fp,
                       scfg["max_epochs"], scfg["patience"], prepare=lambda m: m.setup_from_data(datamodule),
-                      logger=logger, callbacks=callbacks, per_student=True)
+                      logger=logger, callbacks=callbacks, stopper=PerStudentEarlyStopping(patience=int(scfg["patience"])))
 
 
 @torch.no_grad()

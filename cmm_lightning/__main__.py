@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     from .config import load_config
     from .errors import CMMInputError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # key=value may come before and after --config
+    bad = [a for a in extra if "=" not in a or a.startswith("-")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = [*args.overrides, *extra]
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:

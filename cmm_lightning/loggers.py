@@ -53,9 +53,16 @@ def none_logger(cfg: DictConfig, run_dir: Path, name: str):
 
 
 def csv_logger(cfg: DictConfig, run_dir: Path, name: str):
+    """``logs/<name>/metrics.csv``; a folder that already holds logs (an earlier invocation on the
+    same run folder) is kept and this one writes ``logs/<name>-1``, ``-2``, ...: logs are never
+    deleted (Lightning's CSV logger would overwrite them)."""
     from lightning.pytorch.loggers import CSVLogger
 
-    return CSVLogger(save_dir=str(run_dir), name="logs", version=name)
+    version, k = name, 0
+    while (Path(run_dir) / "logs" / version).exists() and any((Path(run_dir) / "logs" / version).iterdir()):
+        k += 1
+        version = f"{name}-{k}"
+    return CSVLogger(save_dir=str(run_dir), name="logs", version=version)
 
 
 def wandb_logger(cfg: DictConfig, run_dir: Path, name: str):

@@ -26,27 +26,57 @@ from .config import resolve_run_dir, save_config
 from .dist import distributed_run_id, is_global_zero
 from .errors import CMMInputError
 from .io import read_json, write_json
+from .training import fingerprint_of
 
 DIMENSIONS = ("layer", "task", "data")
+_TRAINED = ("data", "teacher", "probe", "students", "moe", "trainer", "run.seed")
+REPORT_BLOCKS = {  # report block -> the config sections that decide it (with the data)
+    "data": ("data",),
+    "teacher": ("data", "teacher"),
+    "probe": ("data", "teacher", "probe"),
+    "students": _TRAINED, "moe": _TRAINED, "baselines": _TRAINED,
+    "backtest": (*_TRAINED, "market", "rl"), "gains": (*_TRAINED, "market", "rl"),
+    "latency_us": (*_TRAINED, "market", "rl"),
+}
 
 
 class Run:
     """One run directory plus the stage outputs computed so far."""
 
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: DictConfig, command: str = "fit"):
+        self.cfg, self.command = cfg, command
         self.dir = resolve_run_dir(cfg)
         self.rank_zero = is_global_zero()
         if self.rank_zero:
             save_config(cfg, self.dir)
-        report_path = self.dir / "report.json"
-        self.report: dict = read_json(report_path) if report_path.is_file() else {}
-        self.report["run_dir"] = str(self.dir)
+        self.report: dict = {"run_dir": str(self.dir)}  # this invocation's blocks (see save_report)
+        try:
+            self._previous = read_json(self.dir / "report.json")
+        except (OSError, ValueError):  # none yet, or unreadable: rebuilt by the stages that run
+            self._previous = {}
         self.timings: dict[str, float] = {}
         self._predictions: dict[str, np.ndarray] = {}
 
+    def block_key(self, block: str) -> str:
+        """Fingerprint of what decides a report block: the config sections it depends on and the
+        data (book contents + window spec)."""
+        sections = REPORT_BLOCKS[block]
+        data = self.windows.fingerprint() if "windows" in self.__dict__ else None
+        return fingerprint_of(block, data, {k: OmegaConf.select(self.cfg, k) for k in sections})
+
     def save_report(self) -> Path:
-        self.report["timings_s"] = {**self.report.get("timings_s", {}), **self.timings}
+        """``report.json``: the blocks computed by this invocation, each stamped with its
+        ``block_key`` under ``inputs``, plus the blocks of the previous report whose stamp still
+        matches (computed with the same config and data). A block whose inputs changed is dropped,
+        with everything downstream of it: a report never mixes numbers from two configs."""
+        now = {b: self.block_key(b) for b in REPORT_BLOCKS}
+        old = self._previous.get("inputs", {})
+        for b in REPORT_BLOCKS:
+            if b not in self.report and b in self._previous and old.get(b) == now[b]:
+                self.report[b] = self._previous[b]
+        self.report["inputs"] = {b: now[b] for b in REPORT_BLOCKS if b in self.report}
+        same_run = all(old.get(b) == now[b] for b in REPORT_BLOCKS)
+        self.report["timings_s"] = {**(self._previous.get("timings_s", {}) if same_run else {}), **self.timings}
         path = self.dir / "report.json"
         return write_json(path, self.report) if self.rank_zero else path
 
@@ -65,7 +95,7 @@ class Run:
     def logger(self):
         from .loggers import build_logger
 
-        return build_logger(self.cfg, self.dir)
+        return build_logger(self.cfg, self.dir, self.command)
 
     # ---------------------------------------------------------------- data → teacher → probe
     @cached_property
@@ -560,7 +590,6 @@ def run(command: str, cfg: DictConfig) -> None:
     when every rank starts on its own), quiet stdout on ranks other than 0, and a logger that is
     closed (W&B finished) however the stage ends."""
     import os
-    import sys
 
     stage = STAGES.get(command)
     if stage is None:
@@ -570,7 +599,20 @@ def run(command: str, cfg: DictConfig) -> None:
         job = distributed_run_id()
         if inherited or job:
             cfg.run.dir = inherited or str(Path("runs") / job)
-    r = Run(cfg)
+    if is_global_zero():  # one writer per run folder; the ranks of a DDP job share rank 0's lock
+        from .locks import hold
+
+        with hold(resolve_run_dir(cfg)):
+            _run_stage(stage, command, cfg)
+    else:
+        _run_stage(stage, command, cfg)
+
+
+def _run_stage(stage, command: str, cfg: DictConfig) -> None:
+    import os
+    import sys
+
+    r = Run(cfg, command)
     saved_env, saved_stdout = os.environ.get(RUN_DIR_ENV), sys.stdout
     os.environ[RUN_DIR_ENV] = str(r.dir.resolve())
     quiet = None if r.rank_zero else open(os.devnull, "w")

@@ -1,4 +1,5 @@
-"""PPO agents (stable-baselines3) on the market env: token training, checkpoint, fingerprint skip."""
+"""PPO agents (stable-baselines3) on the market env: token training, weights-only checkpoint,
+fingerprint skip, and a planted pickle payload that never runs."""
 
 import tempfile
 
@@ -29,8 +30,9 @@ def test_ppo_trains_checkpoints_and_skips(windows, tmp_path, monkeypatch):
     task = RLTask(windows, cfg)
     logger = CSVLogger(save_dir=str(tmp_path), name="logs", version="fit")
     model = train_agent("rl_ppo", task, cfg, tmp_path, logger=logger)
-    ckpt, meta = tmp_path / "rl" / "rl_ppo.zip", tmp_path / "rl" / "rl_ppo.json"
-    assert ckpt.is_file() and meta.is_file() and not (tmp_path / "rl" / ".rl_ppo_best").exists()
+    ckpt, meta = tmp_path / "rl" / "rl_ppo.safetensors", tmp_path / "rl" / "rl_ppo.json"
+    assert ckpt.is_file() and meta.is_file() and sorted(p.name for p in (tmp_path / "rl").iterdir()) == [
+        "rl_ppo.json", "rl_ppo.safetensors"]  # weights only: no SB3 zip, no best_model.zip left behind
     import json
 
     info = json.loads(meta.read_text())
@@ -41,7 +43,7 @@ def test_ppo_trains_checkpoints_and_skips(windows, tmp_path, monkeypatch):
 
     # the checkpoint reloads to the same deterministic policy
     obs = task.vec_env("val").reset()
-    again = load_agent(ckpt)
+    again = load_agent(ckpt, task, cfg)
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], again.predict(obs, deterministic=True)[0])
 
     # same fingerprint: loaded, not retrained
@@ -80,6 +82,43 @@ def test_rl_policies_with_cmm_predictions(windows, tmp_path, monkeypatch):
     for sig in out.values():
         assert sig.shape == (n_test, 4) and np.isfinite(sig).all()
         assert (sig[:, 1] >= 2.0 - 1e-9).all() and (sig[:, 1] <= 8.0 + 1e-9).all()
-    assert (tmp_path / "rl" / "cmm_rl.zip").is_file()
-    assert load_agent(tmp_path / "rl" / "cmm_rl.zip").observation_space.shape[0] == \
-        load_agent(tmp_path / "rl" / "rl_ppo.zip").observation_space.shape[0] + 3
+    tasks = {"rl_ppo": RLTask(windows, cfg), "cmm_rl": RLTask(windows, cfg, preds=preds)}
+    agents = {n: load_agent(tmp_path / "rl" / f"{n}.safetensors", t, cfg) for n, t in tasks.items()}
+    assert agents["cmm_rl"].observation_space.shape[0] == agents["rl_ppo"].observation_space.shape[0] + 3
+
+
+class _Payload:
+    """Unpickling this runs ``touch <marker>`` (what a crafted checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_planted_agent_never_runs_code(windows, tmp_path):
+    import json
+    import pickle
+    import zipfile
+
+    cfg = load_config(overrides=TOKEN)
+    task = RLTask(windows, cfg)
+    rl, marker = tmp_path / "rl", tmp_path / "PWNED"
+    rl.mkdir()
+    payload = pickle.dumps(_Payload(marker))
+    # planted where the agent lives, with the matching fingerprint: the weights file, and SB3's zip
+    # format (a cloudpickled entry) that older versions wrote and loaded with PPO.load
+    (rl / "rl_ppo.safetensors").write_bytes(payload)
+    with zipfile.ZipFile(rl / "rl_ppo.zip", "w") as z:
+        z.writestr("data", payload)
+    (rl / "rl_ppo.json").write_text(json.dumps({"fingerprint": task.fingerprint("rl_ppo", 3)}))
+    with pytest.raises(ValueError, match="not a weights-only agent"):
+        load_agent(rl / "rl_ppo.safetensors", task, cfg)
+    agent = train_agent("rl_ppo", task, cfg, tmp_path)  # damaged: trained again, nothing executed
+    assert not marker.exists()
+    obs = task.vec_env("val").reset()
+    np.testing.assert_array_equal(agent.predict(obs, deterministic=True)[0],
+                                  load_agent(rl / "rl_ppo.safetensors", task, cfg).predict(obs, deterministic=True)[0])

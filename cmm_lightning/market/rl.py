@@ -24,8 +24,9 @@ is copied here. Episodes, decision rows and metrics are those of the backtest.
   with ``E`` the equity marked to mid (currency), so Σ_k (E_{k+1} − E_k) = EPnL of the episode.
 * **Training** (:func:`train_agent`): SB3 PPO on random H-row segments of the train split,
   validation-split early stopping (``EvalCallback`` on the val split's backtest episodes +
-  ``StopTrainingOnNoModelImprovement``), best model kept, checkpoint ``run_dir/rl/<name>.zip`` +
-  ``<name>.json`` (fingerprint); an agent with the same fingerprint is loaded, not retrained.
+  ``StopTrainingOnNoModelImprovement``), the best evaluation's policy kept; checkpoint
+  ``run_dir/rl/<name>.safetensors`` (the policy's weights only: loading runs no code) +
+  ``<name>.json`` (fingerprint, summary); an agent with the same fingerprint is loaded, not retrained.
 * **Backtest** (:func:`rl_signals`): the deterministic policy is rolled out on the split's
   episodes and its actions returned as signals ``[D, 4]``; ``run_backtest`` on them replays the
   identical path, so ``rl_ppo`` / ``cmm_rl`` sit in the same results table as every policy.
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -457,32 +457,71 @@ def _ppo_kwargs(cfg, n_envs: int) -> dict:
                 policy_kwargs=dict(net_arch=[int(h) for h in rl.net_arch]))
 
 
-def load_agent(path):
-    from stable_baselines3 import PPO
+def _policy(task: RLTask, cfg):
+    """A fresh SB3 ``ActorCriticPolicy`` of the agents' architecture for ``task``'s spaces."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
 
-    return PPO.load(str(path), device="cpu")
+    return ActorCriticPolicy(task.observation_space, task.action_space, lambda _: 0.0,
+                             net_arch=[int(h) for h in cfg.rl.net_arch])
+
+
+def save_agent(policy, path) -> None:
+    """The policy's weights only, as safetensors (no pickle: loading runs no code)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}, str(tmp))
+
+
+def load_agent(path, task: RLTask, cfg):
+    """An agent saved by :func:`save_agent`: the policy rebuilt from the config, its weights loaded
+    from safetensors; ``predict(obs, deterministic=True)`` as SB3's. A file that is not valid
+    safetensors (damaged, or planted) raises ``ValueError``: nothing in it is executed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    policy = _policy(task, cfg)
+    try:
+        policy.load_state_dict(load_file(str(path)))
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise ValueError(f"{path}: not a weights-only agent ({str(e).splitlines()[0]})") from None
+    return policy.eval()
 
 
 def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
     """PPO agent ``name`` on ``task``'s train split, early-stopped on its val split.
 
-    Skipped (the checkpoint is loaded) when ``run_dir/rl/<name>.zip`` exists with the same
-    fingerprint in ``<name>.json``. Returns the SB3 ``PPO`` model (best validation checkpoint).
+    Reused when ``run_dir/rl/<name>.safetensors`` exists with the same fingerprint in
+    ``<name>.json``. Returns the policy of the best validation evaluation. Agents are stored as
+    weights only (safetensors) and the best one is kept in memory, never as SB3's pickled zip:
+    loading an agent never unpickles anything.
     """
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnNoModelImprovement
+    from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, StopTrainingOnNoModelImprovement
     from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import VecMonitor
 
     seed = int(cfg.run.seed)
     out = Path(run_dir) / "rl"
-    ckpt, meta_path = out / f"{name}.zip", out / f"{name}.json"
+    ckpt, meta_path = out / f"{name}.safetensors", out / f"{name}.json"
     fp = task.fingerprint(name, seed)
     if reusable(meta_path, fp, ckpt):
-        print(f"{name}: reusing {ckpt} (same fingerprint {fp})")
-        return load_agent(ckpt)
+        try:
+            agent = load_agent(ckpt, task, cfg)
+            print(f"{name}: reusing {ckpt} (same fingerprint {fp})")
+            return agent
+        except ValueError as e:
+            print(f"{name}: {e}; training it again")
 
     import torch
+
+    class KeepBest(BaseCallback):  # on each new best val evaluation: the policy weights, in memory
+        best, at = None, 0
+
+        def _on_step(self) -> bool:
+            self.best = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
+            self.at = int(self.model.num_timesteps)
+            return True
 
     t0 = time.perf_counter()
     train_env = VecMonitor(task.vec_env("train", training=True))
@@ -491,26 +530,21 @@ def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
     model = PPO("MlpPolicy", train_env, seed=seed, device="cpu", verbose=0, **_ppo_kwargs(cfg, n_envs))
     # our own logger, also without one: SB3's default makes an empty /tmp/SB3-<time> folder per run
     model.set_logger(Logger(folder=None, output_formats=[_LightningWriter(logger, name)] if logger else []))
-    best_dir = out / f".{name}_best"
-    shutil.rmtree(best_dir, ignore_errors=True)  # never load a best model left by a crashed run
+    keep = KeepBest()
     stop = StopTrainingOnNoModelImprovement(max_no_improvement_evals=int(cfg.rl.patience), min_evals=1)
     evalcb = EvalCallback(val_env, n_eval_episodes=val_env.num_envs, eval_freq=max(1, int(cfg.rl.eval_freq) // n_envs),
-                          best_model_save_path=str(best_dir), deterministic=True, verbose=0,
+                          best_model_save_path=None, callback_on_new_best=keep, deterministic=True, verbose=0,
                           callback_after_eval=stop, warn=False)
     progress = bool(cfg.trainer.enable_progress_bar)
     model.learn(total_timesteps=int(cfg.rl.timesteps), callback=evalcb, progress_bar=progress)
-    best = best_dir / "best_model.zip"
     trained, n_evals = int(model.num_timesteps), evalcb.n_calls // evalcb.eval_freq
-    best_reward = evalcb.best_mean_reward
-    if best.is_file():  # early stopping keeps the best validation checkpoint
-        model = load_agent(best)
-        best.unlink()
-        best_dir.rmdir()
-    with atomic_path(ckpt) as tmp, open(tmp, "wb") as f:
-        model.save(f)
-    summary = {"name": name, "algo": "PPO (stable-baselines3)", "seed": seed,
-               "timesteps_trained": trained, "best_at_timesteps": int(model.num_timesteps), "n_evals": int(n_evals),
-               "best_val_reward": float(best_reward), "stopped_early": trained < int(cfg.rl.timesteps),
+    if keep.best is not None:  # early stopping keeps the best validation evaluation
+        model.policy.load_state_dict(keep.best)
+    save_agent(model.policy, ckpt)
+    summary = {"name": name, "algo": "PPO (stable-baselines3)", "seed": seed, "format": "safetensors (weights only)",
+               "net_arch": [int(h) for h in cfg.rl.net_arch], "timesteps_trained": trained,
+               "best_at_timesteps": keep.at if keep.best is not None else trained, "n_evals": int(n_evals),
+               "best_val_reward": float(evalcb.best_mean_reward), "stopped_early": trained < int(cfg.rl.timesteps),
                "obs_dim": int(task.observation_space.shape[0]), "action": str(cfg.rl.action),
                "n_envs": int(n_envs), "train_s": round(time.perf_counter() - t0, 3),
                "torch_threads": torch.get_num_threads()}
@@ -520,7 +554,7 @@ def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
                             f"rl/{name}/train_s": summary["train_s"]}, step=trained)
         if hasattr(logger, "save"):
             logger.save()
-    return model
+    return load_agent(ckpt, task, cfg)
 
 
 def rl_policies(windows, cfg, run_dir, preds: np.ndarray | None = None, logger=None,

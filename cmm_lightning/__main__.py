@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="YAML preset layered over the defaults (repeatable, later wins)")
         p.add_argument("--print-config", action="store_true",
                        help="print the resolved config and exit")
+        p.add_argument("--verify", action="store_true",
+                       help="also check the checksums of the teacher feature cache (a full read; sizes and "
+                            "small files are always checked); a damaged artefact is reported and recomputed")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
@@ -93,14 +96,17 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg, resolve=True), end="")
             return 0
         quiet_libraries()
-        if args.command == "evaluate":
-            from .evaluate import evaluate
+        from .io import verifying
 
-            evaluate(cfg)
-        else:
-            from . import pipeline
+        with verifying(args.verify):  # env CMM_VERIFY=1 while the command runs (DDP workers inherit it)
+            if args.command == "evaluate":
+                from .evaluate import evaluate
 
-            pipeline.run(args.command, cfg)
+                evaluate(cfg)
+            else:
+                from . import pipeline
+
+                pipeline.run(args.command, cfg)
     except CMMInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import resolve_run_dir, save_config
 from .dist import distributed_run_id, is_global_zero
 from .errors import CMMInputError
-from .io import read_json, write_json
+from .io import read_json_or_none, write_json
 from .training import fingerprint_of
 
 DIMENSIONS = ("layer", "task", "data")
@@ -50,10 +50,8 @@ class Run:
         if self.rank_zero:
             save_config(cfg, self.dir)
         self.report: dict = {"run_dir": str(self.dir)}  # this invocation's blocks (see save_report)
-        try:
-            self._previous = read_json(self.dir / "report.json")
-        except (OSError, ValueError):  # none yet, or unreadable: rebuilt by the stages that run
-            self._previous = {}
+        # none yet, or damaged (reported in one line): rebuilt by the stages that run
+        self._previous = read_json_or_none(self.dir / "report.json", "rebuilding it") or {}
         self.timings: dict[str, float] = {}
         self._predictions: dict[str, np.ndarray] = {}
 
@@ -150,7 +148,7 @@ class Run:
         probe_dir = self.dir / "probe"
         key = fingerprint_of("probe", self.teacher.fingerprint, self.cfg.probe)
         stamp = probe_dir / "fingerprint.json"
-        if reusable(stamp, key, probe_dir / "probe.json"):
+        if reusable(stamp, key, probe_dir / "probe.json", probe_dir / "readout.npz"):
             print(f"probe: reusing {probe_dir / 'probe.json'} (same teacher features and probe config)")
             res = ProbeResult.load(probe_dir)
         elif not self.rank_zero:  # the same closed-form probe (the plan), written to a scratch folder
@@ -163,7 +161,7 @@ class Run:
             raw = prompt_numbers(self.windows, self.teacher.ids, self.cfg.teacher.template)
             res = self.timed("probe", lambda: run_probe_stage(self.cfg, self.windows, self.teacher, raw,
                                                               self.dir, None))
-            mark_done(stamp, key)
+            mark_done(stamp, key, probe_dir / "probe.json", probe_dir / "readout.npz")
         summ = res.summary()
         self.report["probe"] = {"best_layer": res.plan["best_layer"], "plan": res.plan, "summary": summ,
                                 "selection": "layers and beats_raw chosen on val; r2 = test R² of that layer"}

@@ -548,7 +548,7 @@ def train_agent(name: str, task: RLTask, cfg, run_dir, logger=None):
                "obs_dim": int(task.observation_space.shape[0]), "action": str(cfg.rl.action),
                "n_envs": int(n_envs), "train_s": round(time.perf_counter() - t0, 3),
                "torch_threads": torch.get_num_threads()}
-    mark_done(meta_path, fp, **summary)
+    mark_done(meta_path, fp, ckpt, **summary)  # records the weights file's size and digest
     if logger:
         logger.log_metrics({f"rl/{name}/best_val_reward": summary["best_val_reward"],
                             f"rl/{name}/train_s": summary["train_s"]}, step=trained)

@@ -7,17 +7,28 @@ never reuses old features; the same key is a hit that opens the memmap without l
 
 Layout of ``<cache_root>/teacher/<fp>/``::
 
-    shards-<plan>/shard_<rank>_<k>.npy, .ids.npy   during extraction (resumable), removed after the merge
+    shards-<plan>/shard_<rank>_<k>.npy, .ids.npy, .sum.json   during extraction (resumable), removed after the merge
     features.npy   float16 [N, n_layers+1, d]    rows in ascending window id
     ids.npy        int64 [N] window ids (positions in WindowSet.end)
     meta.json      written last: its presence (with the same fingerprint) marks a complete cache
+
+Integrity: ``meta.json["files"]`` records the size of both arrays, the blake2b digest of
+``ids.npy`` and, for ``features.npy``, one digest per block of ``block_rows`` rows and the number of
+non-finite values, all computed from the rows as the merge copies them (nothing is read back).
+A hit checks both sizes and the ids' digest, and counts the non-finite values (a bit test, several
+times faster than hashing); the block digests are checked only when that count differs from the
+one written, or with ``--verify`` (env ``CMM_VERIFY=1``). A damaged entry — a ``meta.json`` that
+does not parse, a size, digest or header that differs — is reported in one line, deleted and
+extracted again; one that cannot be deleted is a ``CMMInputError`` naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +37,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..io import atomic_path, read_json, write_json
-from ..training import make_trainer, reusable
+from ..errors import CMMInputError
+from ..io import (DamagedFile, atomic_write_bytes, atomic_path, check_file, digest_bytes, load_json_checked,
+                  read_json, report_damaged, verify_requested, write_json)
+from ..training import make_trainer
 from .models import load_teacher, materialize, resolve_dtype, resolve_model, tokenizer_key, weights_hash
 from .prompts import PREFIX, chat_parts, get_template, render_prompts
 
 EXTRACT_VERSION = "2"  # bump when extraction semantics change (2: batches never mix splits)
+BLOCK_BYTES = 16 << 20  # features.npy is digested in blocks of rows of about this many bytes
 
 
 @dataclass
@@ -45,6 +59,12 @@ class TeacherFeatures:
     @property
     def fingerprint(self) -> str:
         return self.meta["fingerprint"]
+
+    def damaged_rows(self) -> Optional[str]:
+        """None when every block of ``features`` matches the digest written with it, else which
+        rows do not (e.g. for a consumer that meets NaN/inf); "unknown" without recorded digests."""
+        record = (self.meta.get("files") or {}).get("features.npy")
+        return "unknown (no checksums recorded)" if record is None else _bad_rows(self.features, record)
 
 
 def _teacher_cfg(cfg):
@@ -105,29 +125,144 @@ def load_features(folder: Path, hit: bool = True) -> TeacherFeatures:
                            path=folder, hit=hit)
 
 
-def lookup(cache_root: Path, fp: str) -> Optional[TeacherFeatures]:
+def _count_nonfinite(a: np.ndarray) -> int:
+    """NaN/inf count of a float16 array: exponent bits all ones (a bit test, no float maths)."""
+    u = np.ascontiguousarray(a).view(np.uint16)
+    return int(np.count_nonzero((u & 0x7C00) == 0x7C00))
+
+
+def _blocks(n: int, block_rows: int):
+    return ((a, min(n, a + block_rows)) for a in range(0, n, max(1, block_rows)))
+
+
+def _bad_rows(features: np.ndarray, record: dict) -> Optional[str]:
+    """None when every block matches its recorded digest, else the rows that do not (one line)."""
+    digests, R = list(record.get("blocks") or []), int(record.get("block_rows") or 0)
+    spans = list(_blocks(len(features), R)) if R > 0 else []
+    if len(spans) != len(digests):
+        return f"{len(digests)} block checksums recorded for {len(spans)} blocks"
+    bad = [(a, b) for (a, b), d in zip(spans, digests) if digest_bytes(np.ascontiguousarray(features[a:b])) != d]
+    if not bad:
+        return None
+    more = f" (+{len(bad) - 1} more blocks)" if len(bad) > 1 else ""
+    return f"checksum mismatch in rows {bad[0][0]}-{bad[0][1] - 1}{more}"
+
+
+def _open_checked(folder: Path, fp: str, verify: bool) -> Optional[TeacherFeatures]:
+    """The cache entry in ``folder`` when complete and intact; None when there is none (no
+    ``meta.json`` yet); ``DamagedFile`` naming the first file that is not what was written."""
+    meta_path, feats_path, ids_path = folder / "meta.json", folder / "features.npy", folder / "ids.npy"
+    meta = load_json_checked(meta_path)
+    if meta is None:
+        return None
+    if meta.get("fingerprint") != fp:
+        raise DamagedFile(meta_path, f"fingerprint {meta.get('fingerprint')!r}, not its folder's {fp}")
+    files = meta.get("files")
+    if isinstance(files, dict):
+        for path, digest in ((feats_path, False), (ids_path, True)):  # the ids are small: always digested
+            why = check_file(path, files.get(path.name), digest=digest)
+            if why:
+                raise DamagedFile(path, why)
+    elif not feats_path.is_file():  # an entry written before the records: a missing array is a miss
+        return None
+    try:
+        features = np.load(feats_path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise DamagedFile(feats_path, f"unreadable: {str(e)[:120]}") from None
+    try:
+        ids = np.load(ids_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DamagedFile(ids_path, f"unreadable: {str(e)[:120]}") from None
+    shape = meta.get("shape")
+    if features.dtype != np.float16 or features.ndim != 3 or (
+            shape is not None and list(features.shape) != list(shape)):
+        raise DamagedFile(feats_path, f"{features.dtype} {tuple(features.shape)}, meta.json says float16 {shape}")
+    if ids.dtype != np.int64 or ids.shape != (len(features),):
+        raise DamagedFile(ids_path, f"{ids.dtype} {ids.shape}, expected int64 ({len(features)},)")
+    record = files.get("features.npy") if isinstance(files, dict) else None
+    if record is None:
+        if verify:
+            print(f"--verify: {feats_path} has no recorded checksums (written by an older version); "
+                  f"delete {folder} to extract it again", file=sys.stderr)
+    elif verify:
+        why = _bad_rows(features, record)
+        if why:
+            raise DamagedFile(feats_path, why)
+    else:
+        R = max(1, int(record.get("block_rows") or 1))
+        n_bad = sum(_count_nonfinite(features[a:b]) for a, b in _blocks(len(features), R))
+        n_written = int(record.get("nonfinite", 0))
+        if n_bad != n_written:  # values that were not written: find where
+            why = _bad_rows(features, record)
+            if why:
+                raise DamagedFile(feats_path, f"{n_bad:,} non-finite values, {n_written:,} written; {why}")
+    return TeacherFeatures(features=features, ids=ids, meta=meta, path=folder, hit=True)
+
+
+def _discard(folder: Path, damage: DamagedFile) -> None:
+    """Delete a damaged cache entry (every rank may try: what is already gone is fine)."""
+    def onerror(func, path, exc_info):
+        if not isinstance(exc_info[1], FileNotFoundError):
+            raise exc_info[1]
+
+    try:
+        shutil.rmtree(folder, onerror=onerror)
+    except OSError as e:
+        raise CMMInputError(f"teacher cache entry {folder} is damaged ({damage.path.name}: {damage.why}) and "
+                            f"cannot be deleted ({e.strerror or e}); delete {folder} and run again") from None
+
+
+def lookup(cache_root: Path, fp: str, verify: Optional[bool] = None) -> Optional[TeacherFeatures]:
+    """The cached features of fingerprint ``fp``, checked (see the module doc); None on a miss,
+    and after deleting a damaged entry (reported in one line)."""
     folder = Path(cache_root) / "teacher" / fp
-    return load_features(folder) if reusable(folder / "meta.json", fp, folder / "features.npy") else None
+    try:
+        return _open_checked(folder, fp, verify_requested() if verify is None else verify)
+    except DamagedFile as damage:
+        _discard(folder, damage)
+        report_damaged(damage.path, damage.why, f"deleted the cache entry {fp}, extracting it again")
+        return None
 
 
-def _merge(shard_dir: Path, folder: Path, ids: np.ndarray, n_batches: int, width: tuple[int, int]) -> None:
-    """Shards → ``features.npy`` rows in ascending window id (atomic)."""
+def _merge(shard_dir: Path, folder: Path, ids: np.ndarray, n_batches: int, width: tuple[int, int]) -> dict:
+    """Shards → ``features.npy`` rows in ascending window id, and ``ids.npy`` (both atomic).
+
+    The rows are gathered block by block in file order, so each block is digested (and its
+    non-finite values counted) from memory as it is written. Returns ``meta.json["files"]``."""
     from .extract import read_shards
 
     shards = read_shards(shard_dir)
     missing = sorted(set(range(n_batches)) - set(shards))
     if missing:
         raise RuntimeError(f"teacher extraction incomplete: {len(missing)} of {n_batches} shards missing")
+    n = len(ids)
+    src_k, src_j = np.full(n, -1, np.int64), np.zeros(n, np.int64)  # row -> (shard, row in shard)
+    for k in range(n_batches):
+        rows = np.searchsorted(ids, shards[k][0])
+        src_k[rows], src_j[rows] = k, np.arange(len(rows))
+    if (src_k < 0).any():
+        raise RuntimeError(f"teacher extraction incomplete: {int((src_k < 0).sum())} windows in no shard")
+    block_rows = max(1, BLOCK_BYTES // (int(np.prod(width)) * 2))
+    digests, nonfinite = [], 0
     with atomic_path(folder / "features.npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(ids),) + width)
-        for k in range(n_batches):
-            sid, feats = shards[k]
-            out[np.searchsorted(ids, sid)] = feats
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + width)
+        for a, b in _blocks(n, block_rows):
+            block = np.empty((b - a,) + width, dtype=np.float16)
+            ks, js = src_k[a:b], src_j[a:b]
+            order = np.argsort(ks, kind="stable")
+            for part in np.split(order, np.flatnonzero(np.diff(ks[order])) + 1):
+                block[part] = shards[int(ks[part[0]])][1][js[part]]
+            out[a:b] = block
+            digests.append(digest_bytes(block))
+            nonfinite += _count_nonfinite(block)
         out.flush()
         del out
-    with atomic_path(folder / "ids.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, ids, allow_pickle=False)
+        feats_size = tmp.stat().st_size
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(ids, dtype=np.int64), allow_pickle=False)
+    atomic_write_bytes(folder / "ids.npy", buf.getvalue())
+    return {"features.npy": {"size": feats_size, "block_rows": block_rows, "blocks": digests, "nonfinite": nonfinite},
+            "ids.npy": {"size": len(buf.getvalue()), "blake2b": digest_bytes(buf.getvalue())}}
 
 
 def _trainer(cfg, writer):
@@ -138,7 +273,7 @@ def _trainer(cfg, writer):
 def extract_features(cfg, windows, ids: np.ndarray, folder: Path, fp: str, model=None, tokenizer=None,
                      info: dict | None = None, measure_latency: bool = True) -> dict:
     """Run the predict loop into resumable shards, merge on rank 0, write ``meta.json``; → meta."""
-    from .extract import (PlanData, ShardWriter, TeacherExtractor, finished_shards, length_buckets,
+    from .extract import (PlanData, ShardWriter, TeacherExtractor, check_shards, finished_shards, length_buckets,
                           tokenize_prompts)
 
     tc = _teacher_cfg(cfg)
@@ -157,6 +292,7 @@ def extract_features(cfg, windows, ids: np.ndarray, folder: Path, fp: str, model
         + f"{tc.prefix_cache}".encode()).hexdigest()[:8]
     shard_dir = folder / f"shards-{plan_key}"
     writer = ShardWriter(shard_dir)
+    check_shards(shard_dir)  # a resume skips only the shards that are what was written
     done_before = set(finished_shards(shard_dir))
     trainer = _trainer(cfg, writer)
     module = TeacherExtractor(model, prefix_ids, pooling=tc.pooling, prefix_cache=bool(tc.prefix_cache))
@@ -182,7 +318,7 @@ def extract_features(cfg, windows, ids: np.ndarray, folder: Path, fp: str, model
         "world_size": int(trainer.world_size),
     }
     if trainer.is_global_zero:
-        _merge(shard_dir, folder, ids, len(plan), (info["n_layers"] + 1, info["hidden_size"]))
+        meta["files"] = _merge(shard_dir, folder, ids, len(plan), (info["n_layers"] + 1, info["hidden_size"]))
         wall = time.perf_counter() - t0 - t_load
         meta.update({
             "seconds": {"load": round(t_load, 3), "model": round(t_model, 3), "total": round(wall, 3)},
@@ -267,7 +403,7 @@ def run_cache_teacher(cfg, windows, run_dir: Path) -> TeacherFeatures:
 
     if not is_global_zero():  # DDP: the features are shared; the run folder is rank 0's
         return tf
-    summary = {**m, "hit": tf.hit, "path": str(tf.path)}
+    summary = {**{k: v for k, v in m.items() if k != "files"}, "hit": tf.hit, "path": str(tf.path)}
     tc = _teacher_cfg(cfg)
     if getattr(tc, "agent", False):
         summary["agent"] = _run_agent(cfg, windows, Path(run_dir), tf)

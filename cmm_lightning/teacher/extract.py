@@ -13,8 +13,10 @@ attention mask); with ``prefix_cache`` the prefix's key/value cache is computed 
 over each batch, so only the ``n_i`` own tokens run through the model.
 
 Crash safety: the batch plan is a deterministic function of the token lengths and the batch
-size. Batch ``k`` is written as ``shard_<rank>_<k>.npy`` (+ ``.ids.npy``) with an atomic rename;
-on resume every batch whose shard exists is skipped. Under DDP rank ``r`` runs batches
+size. Batch ``k`` is written as ``shard_<rank>_<k>.npy`` (+ ``.ids.npy``, and ``.sum.json``: the
+size and checksum of both, computed from the bytes as they are written) with an atomic rename;
+on resume every batch whose shard exists and matches its record is skipped (:func:`check_shards`;
+a damaged one is reported and extracted again). Under DDP rank ``r`` runs batches
 ``k ≡ r (mod world)`` and writes its own shards; rank 0 merges them (see cache.py).
 
 A window's own tokens are its body plus the chat tail that opens the assistant turn, so ``last``
@@ -24,6 +26,7 @@ is the hidden state where the answer would start.
 from __future__ import annotations
 
 import inspect
+import io
 import os
 from pathlib import Path
 
@@ -33,7 +36,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from ..io import atomic_path
+from ..io import (DamagedFile, atomic_path, atomic_write_bytes, check_file, digest_bytes, load_json_checked,
+                  report_damaged, write_json)
 
 CRASH_ENV = "CMM_TEACHER_CRASH_AFTER"  # tests: hard-exit after writing this many shards
 FP16_MAX = 65504.0
@@ -169,12 +173,26 @@ class TeacherExtractor(L.LightningModule):
         return {"features": feats, "ids": batch["ids"].cpu().numpy(), "k": int(batch["k"])}
 
 
-class ShardWriter(BasePredictionWriter):
-    """Writes each batch as ``shard_<rank>_<k>.npy`` + ``shard_<rank>_<k>.ids.npy``, atomically.
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
 
-    The ids file goes first, the features file last: a shard counts as finished when its
-    features file exists. Env ``CMM_TEACHER_CRASH_AFTER=n`` (tests) hard-exits the process while
-    writing shard n+1, leaving a half-written temp file behind, as a SIGKILL would.
+
+def _shard_files(features_path: Path) -> tuple[Path, Path, Path]:
+    """(features ``shard_r_k.npy``, ids ``shard_r_k.ids.npy``, record ``shard_r_k.sum.json``)."""
+    stem = features_path.name[:-4]
+    return features_path, features_path.with_name(stem + ".ids.npy"), features_path.with_name(stem + ".sum.json")
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each batch as ``shard_<rank>_<k>.npy`` + ``.ids.npy`` + ``.sum.json``, atomically.
+
+    The ids file goes first, then the record (size and blake2b digest of both files' bytes, hashed
+    in memory as they are written: nothing is read back), the features file last: a shard counts
+    as finished when its features file exists. Env ``CMM_TEACHER_CRASH_AFTER=n`` (tests)
+    hard-exits the process while writing shard n+1, leaving a half-written temp file behind, as a
+    SIGKILL would.
     """
 
     def __init__(self, shard_dir: Path):
@@ -185,23 +203,53 @@ class ShardWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:
-        stem = self.shard_dir / f"shard_{trainer.global_rank}_{prediction['k']}"
+        feats_path, ids_path, rec_path = _shard_files(
+            self.shard_dir / f"shard_{trainer.global_rank}_{prediction['k']}.npy")
         crash_after = os.environ.get(CRASH_ENV)
-        with atomic_path(stem.with_name(stem.name + ".ids.npy")) as tmp, open(tmp, "wb") as f:
-            np.save(f, prediction["ids"], allow_pickle=False)
-        with atomic_path(stem.with_name(stem.name + ".npy")) as tmp:
+        ids_b, feats_b = _npy_bytes(prediction["ids"]), _npy_bytes(prediction["features"])
+        atomic_write_bytes(ids_path, ids_b)
+        write_json(rec_path, {"ids": {"size": len(ids_b), "blake2b": digest_bytes(ids_b)},
+                              "features": {"size": len(feats_b), "blake2b": digest_bytes(feats_b)}})
+        with atomic_path(feats_path) as tmp:
             with open(tmp, "wb") as f:
-                np.save(f, prediction["features"], allow_pickle=False)
+                f.write(feats_b)
             if crash_after is not None and self.n_written >= int(crash_after):
                 os._exit(17)  # no cleanup, no rename: like a kill mid-write
         self.n_written += 1
 
 
+def check_shards(shard_dir: Path) -> int:
+    """Before a resume: drop every finished shard (left by an earlier process) that does not match
+    its ``.sum.json`` record — reported in one line — or has none (written by an older version);
+    the predict loop extracts those batches again. Returns how many were dropped."""
+    dropped = 0
+    for path in finished_shards(shard_dir).values():
+        feats_path, ids_path, rec_path = _shard_files(path)
+        bad, why = None, None
+        try:
+            rec = load_json_checked(rec_path)
+        except DamagedFile as e:
+            bad, why = e.path, e.why
+        else:
+            if rec is None:
+                why = "no checksum record"  # an older version's shard: silently extracted again
+            for f, key in ((feats_path, "features"), (ids_path, "ids")):
+                if why is None:
+                    bad, why = f, check_file(f, rec.get(key))
+        if why:
+            if bad is not None:
+                report_damaged(bad, why, "extracting that batch again")
+            for f in (feats_path, ids_path, rec_path):  # the features file (the 'finished' mark) first
+                f.unlink(missing_ok=True)
+            dropped += 1
+    return dropped
+
+
 def read_shards(shard_dir: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """k → (ids [B], features [B, L+1, d]) for every finished shard."""
+    """k → (ids [B], features [B, L+1, d] memmap) for every finished shard."""
     out = {}
     for k, path in sorted(finished_shards(shard_dir).items()):
-        ids = np.load(path.with_name(path.name[:-4] + ".ids.npy"))
+        ids = np.load(_shard_files(path)[1])
         out[k] = (ids, np.load(path, mmap_mode="r"))
     return out
 

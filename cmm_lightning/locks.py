@@ -34,12 +34,15 @@ def hold(folder, what: str = "run.dir", wait: bool = False) -> Iterator[Path]:
     fh = open(path, "a+")
     try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             holder = _describe(fh.read())
-            raise CMMInputError(f"{what} {folder} is in use by {holder}; wait for it to finish or use another "
-                                f"{what}") from None
+            if not wait:
+                raise CMMInputError(f"{what} {folder} is in use by {holder}; wait for it to finish or use "
+                                    f"another {what}") from None
+            print(f"{what} {folder} is being written by {holder}: waiting for it", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         fh.seek(0)
         fh.truncate()
         fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%H:%M:%S"),

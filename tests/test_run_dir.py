@@ -68,3 +68,30 @@ def test_a_second_process_on_the_same_run_dir_exits_2_naming_the_holder(tmp_path
     assert not (run / "config.yaml").exists() and not (run / "report.json").exists()  # nothing written
     p = _cli("prepare", f"run.dir={run}", cache=tmp_path / "cache")  # released: the next one runs
     assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_a_teacher_cache_entry_is_written_by_one_process_at_a_time(tmp_path):
+    """A second process needing a cache entry that another one is writing waits, then uses it."""
+    import threading
+
+    from cmm_lightning.config import load_config
+    from cmm_lightning.data import build_windows
+    from cmm_lightning.teacher.cache import default_ids, teacher_fingerprint
+
+    cache = tmp_path / "cache"
+    cfg = load_config([TINY[1]], TINY[2:] + [f"run.cache_dir={cache}"])
+    w = build_windows(cfg.data)
+    fp = teacher_fingerprint(cfg, w, cache, default_ids(w, cfg.teacher.max_windows))
+    entry = cache / "teacher" / fp
+    proc = {}
+    with hold(entry, "teacher cache entry"):  # as if another run were writing it
+        t = threading.Thread(target=lambda: proc.update(p=_cli("cache-teacher", f"run.dir={tmp_path / 'run'}",
+                                                                 cache=cache)))
+        t.start()
+        t.join(timeout=15)
+        assert t.is_alive()  # it waits (the lock is held) instead of writing beside us
+    t.join(timeout=280)
+    p = proc["p"]
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"teacher cache entry {entry} is being written by pid {os.getpid()}" in p.stdout
+    assert "cache miss" in p.stdout and (entry / "features.npy").is_file()

@@ -347,7 +347,18 @@ def cache_teacher(cfg, windows, cache_root: Path, ids: np.ndarray | None = None)
         return found
     folder = Path(cache_root) / "teacher" / fp
     folder.mkdir(parents=True, exist_ok=True)
-    extract_features(cfg, windows, ids, folder, fp)
+    from contextlib import nullcontext
+
+    from ..dist import is_global_zero
+    from ..locks import hold
+
+    # one writer per cache entry (runs in other folders share the cache): wait for a process
+    # writing it, then use what it wrote; the ranks of a DDP job share rank 0's lock
+    with hold(folder, "teacher cache entry", wait=True) if is_global_zero() else nullcontext():
+        found = lookup(cache_root, fp)
+        if found is not None:
+            return found
+        extract_features(cfg, windows, ids, folder, fp)
     return load_features(folder, hit=False)
 
 

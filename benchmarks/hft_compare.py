@@ -3,13 +3,13 @@
     python benchmarks/hft_compare.py [--tiles 10] [--entry-ns 1000000] [--resp-ns 1000000]
                                      [--interval-ns 100000000] [--repeats 3] [--path DIR]
 
-Both engines run the same fixed-spread policy (hft_common.py) on the same book: hftbacktest
-2.4.x on the converted event array (``HashMapMarketDepthBacktest``, risk-averse queue,
-no partial fills, constant order latency), ours with ``market.fill_model=hftbacktest``. A bare
+Both engines run the same fixed-spread policy (``cmm_lightning.data.hftbacktest``) on the same
+book: hftbacktest 2.4.x on the converted event array (``HashMapMarketDepthBacktest``, risk-averse
+queue, no partial fills, constant order latency), ours with ``market.fill_model=hftbacktest``. A bare
 numba loop that only reads every row (best prices, trade fields) is the floor. Rows are LOBSTER
 rows (messages); the day tiled xN shifts each copy's timestamps past the previous one.
 Timings exclude reading the CSVs and converting; hftbacktest's time is its policy loop only
-(its asset build is printed apart), ours is the policy's clock + quotes (``policy_decisions``)
+(its asset build is printed apart), ours is the policy's clock + quotes (``fixed_spread_decisions``)
 + ``run_backtest`` (input checks, the compiled run, the fills table).
 Best of ``--repeats`` after a warm-up run (JIT compile) on a small slice.
 """
@@ -17,16 +17,14 @@ Best of ``--repeats`` after a warm-up run (JIT compile) on a small slice.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from numba import njit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hft_common import (book_to_events, pnl_from_fills, run_hftbacktest, run_ours,  # noqa: E402
-                        same_fills, tile_book)
+from cmm_lightning.data.hftbacktest import (book_to_events, pnl_from_fills, run_fixed_spread_engine,
+                                            run_fixed_spread_hftbacktest, same_fills, tile_book)
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "lobster"
 
@@ -76,8 +74,8 @@ def main(argv=None):
           f"maker fee {args.maker_fee}/share")
 
     warm = day.slice(0, 5000)  # JIT warm-up of every path
-    run_hftbacktest(book_to_events(warm), **pol)
-    run_ours(warm, **pol)
+    run_fixed_spread_hftbacktest(book_to_events(warm), **pol)
+    run_fixed_spread_engine(warm, **pol)
     bare_loop(warm.ts, warm.bid_px, warm.ask_px, warm.trade_px, warm.trade_sz, warm.trade_side)
 
     rows = []
@@ -85,11 +83,11 @@ def main(argv=None):
         t0 = time.perf_counter()
         events = book_to_events(book)
         t_conv = time.perf_counter() - t0
-        hft_runs = [run_hftbacktest(events, **pol) for _ in range(args.repeats)]
+        hft_runs = [run_fixed_spread_hftbacktest(events, **pol) for _ in range(args.repeats)]
         t_hft = min(s["elapsed_s"] for _, s in hft_runs)
         t_build = min(s["build_s"] for _, s in hft_runs)
         fh, st = hft_runs[0]
-        t_ours, res = best_of(lambda: run_ours(book, **pol), args.repeats)
+        t_ours, res = best_of(lambda: run_fixed_spread_engine(book, **pol), args.repeats)
         fo, mid = res
         t_bare, _ = best_of(lambda: bare_loop(book.ts, book.bid_px, book.ask_px, book.trade_px,
                                               book.trade_sz, book.trade_side), args.repeats)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from test_data_lobster import AMZN
-from test_data_table import BAD, book_frame, write_bad
+from .helpers import AMZN
+from .helpers.tables import BAD, book_frame, write_bad
 
 
 def prepare(tmp_path, *overrides):

@@ -18,8 +18,8 @@ from cmm_lightning.data.lobster import find_pairs, read_lobster
 from cmm_lightning.data.synthetic import DAY_NS, simulate, simulate_days
 from cmm_lightning.errors import CMMInputError
 
-from test_data_lobster import AMZN
-from test_data_table import book_frame
+from .helpers import AMZN
+from .helpers.tables import book_frame
 
 STEM = "34200000_57600000"
 T, H, STRIDE = 32, 10, 5

@@ -10,7 +10,8 @@ from cmm_lightning.data.lobster import read_lobster
 from cmm_lightning.data.synthetic import simulate
 from cmm_lightning.errors import CMMInputError
 
-AMZN = Path(__file__).resolve().parents[2] / "shared" / "data" / "lobster"
+from .helpers import AMZN
+
 STEM = "TEST_2020-01-02_34200000_57600000"
 DAY_NS = int(np.datetime64("2020-01-02", "ns").astype(np.int64))
 PA, PB = 9999999999, -9999999999

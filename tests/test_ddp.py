@@ -19,11 +19,7 @@ import torch
 
 from cmm_lightning.data.datamodule import GlobalBatchSampler, LOBDataModule
 
-ROOT = Path(__file__).resolve().parents[1]
-# the smoke pipeline, trimmed to what DDP changes (teacher extraction, students, MoE, metrics)
-FAST = ["data.synthetic.n_snapshots=3000", "moe.ablations=false", "rl.enabled=false",
-        "market.policies=[cmm,fixed_spread,avellaneda_stoikov,teacher_probe]",
-        "students.max_epochs=2", "moe.max_epochs=2"]
+from .helpers import FAST, SMOKE
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
 
 
@@ -86,13 +82,13 @@ def test_other_ranks_write_nothing(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv(pipeline.RUN_DIR_ENV, str(tmp_path / "shared"))
-    cfg = load_config([str(ROOT / "conf" / "smoke.yaml")], ["data.synthetic.n_snapshots=3000"])
+    cfg = load_config([str(SMOKE)], ["data.synthetic.n_snapshots=3000"])
     pipeline.run("prepare", cfg)
     assert cfg.run.dir == str(tmp_path / "shared")  # the folder rank 0 handed down
     assert list((tmp_path / "shared").iterdir()) == []
     assert capsys.readouterr().out == ""
     monkeypatch.delenv("LOCAL_RANK")
-    cfg = load_config([str(ROOT / "conf" / "smoke.yaml")], ["data.synthetic.n_snapshots=3000",
+    cfg = load_config([str(SMOKE)], ["data.synthetic.n_snapshots=3000",
                                                               f"run.dir={tmp_path / 'zero'}"])
     pipeline.run("prepare", cfg)
     assert {p.name for p in (tmp_path / "zero").iterdir()} == {"config.yaml", "data_summary.json", "report.json"}
@@ -107,7 +103,7 @@ def _fit(tmp: Path, name: str, extra: list[str], run_dir: bool = True) -> subpro
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
            "WANDB_DATA_DIR": str(tmp / "wandb-data"), "WANDB_CONFIG_DIR": str(tmp / "wandb-config")}
     env.pop("WANDB_API_KEY", None)
-    cmd = [sys.executable, "-m", "cmm_lightning", "fit", "--config", str(ROOT / "conf" / "smoke.yaml"),
+    cmd = [sys.executable, "-m", "cmm_lightning", "fit", "--config", str(SMOKE),
            *([f"run.dir={cwd / 'run'}"] if run_dir else []), f"run.cache_dir={tmp / ('cache-' + name)}", *FAST,
            *extra]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -166,7 +162,7 @@ def test_ddp_matches_one_process(runs):
     from cmm_lightning.data import build_windows
     from cmm_lightning.export import load_cmm
 
-    cfg = load_config([str(ROOT / "conf" / "smoke.yaml")], FAST)
+    cfg = load_config([str(SMOKE)], FAST)
     w = build_windows(cfg.data)
     x = torch.from_numpy(w.inputs(w.indices("test")))
     with torch.no_grad():

@@ -15,13 +15,14 @@ import pytest
 
 from cmm_lightning.report import policies
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT, SMOKE
+
 TINY = ["evaluate.synthetic_seeds=[7,8]", "data.synthetic.n_snapshots=4000", "moe.ablations=false",
         "rl.timesteps=128", "rl.crossfit_folds=2", "students.max_epochs=2", "moe.max_epochs=2"]
 
 
 def _evaluate(out: Path, cache: Path) -> str:
-    cmd = [sys.executable, "-m", "cmm_lightning", "evaluate", "--config", str(ROOT / "conf" / "smoke.yaml"),
+    cmd = [sys.executable, "-m", "cmm_lightning", "evaluate", "--config", str(SMOKE),
            f"run.dir={out}", f"run.cache_dir={cache}", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)

@@ -3,17 +3,15 @@
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_students_fixtures import HIDDEN, N_LAYERS1, PLAN, make_data  # noqa: E402
+from cmm_lightning.export import export_cmm, load_cmm, random_cmm, save_cmm
+from cmm_lightning.students.modules import DataStudents, LayerStudents, TaskStudents
 
-from cmm_lightning.export import export_cmm, load_cmm, random_cmm, save_cmm  # noqa: E402
-from cmm_lightning.students.modules import DataStudents, LayerStudents, TaskStudents  # noqa: E402
+from .helpers.students import HIDDEN, N_LAYERS1, PLAN, make_data
 
 SCFG = {"hidden": 16, "channels": 8, "kernel": 4, "pca_dim": 8, "kd_lambdas": [1.0]}
 

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_ddp import FAST, ROOT  # noqa: E402
+from .helpers import FAST, SMOKE
 
 STUDENTS = ("layer", "task", "data")
 
 
 def _fit(run_dir: Path, cache: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cmm_lightning", "fit", "--config", str(ROOT / "conf" / "smoke.yaml"),
+    cmd = [sys.executable, "-m", "cmm_lightning", "fit", "--config", str(SMOKE),
            f"run.dir={run_dir}", f"run.cache_dir={cache}", "logger.kind=none", *FAST]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

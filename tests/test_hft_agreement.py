@@ -1,7 +1,7 @@
 """Our engine (market.fill_model=hftbacktest) vs hftbacktest 2.4, fill for fill (issue 10).
 
-The same fixed-spread policy (benchmarks/hft_common.py: every 100 ms re-quote 100 shares at best
-bid - 1 / best ask + 1, GTX, limit ±500 counting orders that may still fill) runs in hftbacktest
+The same fixed-spread policy (cmm_lightning/data/hftbacktest.py: every 100 ms re-quote 100 shares at
+best bid - 1 / best ask + 1, GTX, limit ±500 counting orders that may still fill) runs in hftbacktest
 (HashMapMarketDepthBacktest, risk_adverse_queue_model, no_partial_fill_exchange, constant order
 latency) on the converted AMZN LOBSTER events and in our engine on the same Book. Fills (ts, side,
 price, size), final position and PnL must be identical. The hand-built scenarios at the end pin
@@ -9,24 +9,21 @@ each difference between our default (design) fill model and hftbacktest's; docs/
 explains them. hftbacktest is a dev/bench extra: without it this module is skipped.
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from cmm_lightning.config import MarketConfig
+from cmm_lightning.data import hftbacktest as event_format
+from cmm_lightning.data.hftbacktest import (book_to_events, fixed_spread_decisions, pnl_from_fills,
+                                            run_fixed_spread_engine, run_fixed_spread_hftbacktest, same_fills,
+                                            tile_book)
+from cmm_lightning.data.lob import Book
+from cmm_lightning.market.engine import run_backtest
+
+from .helpers import AMZN
+
 hftbacktest = pytest.importorskip("hftbacktest")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from hft_common import (book_to_events, pnl_from_fills, run_hftbacktest, run_ours,  # noqa: E402
-                        same_fills)
-
-from cmm_lightning.config import MarketConfig  # noqa: E402
-from cmm_lightning.data.lob import Book  # noqa: E402
-from cmm_lightning.market.engine import run_backtest  # noqa: E402
-
-DAY = ROOT.parent / "shared" / "data" / "lobster"
 FEE = -0.002  # maker rebate $0.002 / share (trading_qty_fee_model), both engines
 POLICY = dict(interval_ns=100_000_000, size=100.0, limit=500.0, entry_ns=1_000_000, resp_ns=1_000_000,
               maker_fee=FEE)
@@ -34,21 +31,43 @@ POLICY = dict(interval_ns=100_000_000, size=100.0, limit=500.0, entry_ns=1_000_0
 
 @pytest.fixture(scope="module")
 def day():
-    if not DAY.is_dir():
-        pytest.skip(f"{DAY} not found")
+    if not AMZN.is_dir():
+        pytest.skip(f"{AMZN} not found")
     from cmm_lightning.data.lobster import read_lobster
 
-    return read_lobster(DAY, 5)
+    return read_lobster(AMZN, 5)
 
 
 def both(book, **kw):
     pol = {**POLICY, **kw}
-    fh, st = run_hftbacktest(book_to_events(book), **pol)
-    fo, mid = run_ours(book, **pol)
+    fh, st = run_fixed_spread_hftbacktest(book_to_events(book), **pol)
+    fo, mid = run_fixed_spread_engine(book, **pol)
     return fh, st, fo, mid
 
 
 # ------------------------------------------------------------------------------ converter
+def test_event_format_is_hftbacktests():
+    """The flags and the event layout written out in cmm_lightning.data.hftbacktest are hftbacktest's."""
+    for name in ("DEPTH_EVENT", "TRADE_EVENT", "DEPTH_CLEAR_EVENT", "DEPTH_SNAPSHOT_EVENT", "DEPTH_BBO_EVENT",
+                 "ADD_ORDER_EVENT", "CANCEL_ORDER_EVENT", "MODIFY_ORDER_EVENT", "FILL_EVENT", "EXCH_EVENT",
+                 "LOCAL_EVENT", "BUY_EVENT", "SELL_EVENT"):
+        assert getattr(event_format, name) == getattr(hftbacktest, name), name
+    assert event_format.EVENT_DTYPE == hftbacktest.event_dtype and event_format.EVENT_DTYPE.itemsize == 64
+
+
+def test_converter_chunks_and_edge_books(day):
+    """Chunked conversion equals one pass; a one-row book is its snapshot; an empty book no events."""
+    sl = day.slice(0, 2000)
+    whole = book_to_events(sl)
+    for rows in (1, 7, 999):
+        part = book_to_events(sl, chunk_rows=rows)
+        assert part.dtype == whole.dtype and all(np.array_equal(part[k], whole[k]) for k in whole.dtype.names)
+    one = book_to_events(sl.slice(0, 1))
+    assert len(one) == 10 and (one["ev"] & hftbacktest.DEPTH_EVENT).all()
+    np.testing.assert_array_equal(one, whole[:10])
+    assert len(book_to_events(sl.slice(0, 0))) == 0
+
+
 def replay_tops(events, n_rows, L):
     """Replay depth events into per-side dicts; the top L levels after each row's events."""
     from hftbacktest import BUY_EVENT, DEPTH_EVENT
@@ -103,7 +122,7 @@ def test_first_20k_rows_agree_fill_for_fill(day):
     assert st["balance"] == pytest.approx(po["cash_ticks"] * 0.01, abs=1e-6)
     assert st["fee"] == pytest.approx(po["fee"], abs=1e-9)
     # and our engine's own account (BacktestResult) says the same
-    res = run_ours(sl, result=True, **POLICY)
+    res = run_fixed_spread_engine(sl, result=True, **POLICY)
     assert res.metrics["epnl"] == pytest.approx(po["pnl"], abs=1e-6)
     assert res.inventory[-1] == 300
 
@@ -134,8 +153,6 @@ def test_full_day_agrees_fill_for_fill(day):
 
 @pytest.mark.slow
 def test_day_tiled_twice_agrees(day):
-    from hft_common import tile_book
-
     fh, st, fo, mid = both(tile_book(day, 2))
     assert same_fills(fh, fo) and len(fo) > 900
 
@@ -159,9 +176,7 @@ A0 = [(103, 50.0), (104, 50.0)]  # we offer 104 behind 50
 
 def design(b, limit=500.0, **cfg):
     """Our default fill model, same policy, clock and latency (quotes from the row each decision sees)."""
-    from hft_common import policy_decisions
-
-    dts, rows, q = policy_decisions(b, TOY["interval_ns"], 100.0)
+    dts, rows, q = fixed_spread_decisions(b, TOY["interval_ns"], 100.0)
     c = MarketConfig(latency_ns=TOY["entry_ns"], inventory_limit=limit, min_size=1, max_size=1000,
                      episode_length=None, **cfg)  # one episode: the whole day, as hftbacktest runs it
     res = run_backtest(b, rows, q, c, end_row=b.n, raw_quotes=True, decision_ts=dts, metrics=False)
@@ -171,8 +186,8 @@ def design(b, limit=500.0, **cfg):
 def hft(b, **kw):
     """hftbacktest and our hftbacktest model: must agree; returns the fills."""
     pol = {**TOY, **kw}
-    fh, _ = run_hftbacktest(book_to_events(b), **pol)
-    fo, _ = run_ours(b, **pol)
+    fh, _ = run_fixed_spread_hftbacktest(book_to_events(b), **pol)
+    fo, _ = run_fixed_spread_engine(b, **pol)
     assert same_fills(fh, fo)
     return [(int(f["ts"]), int(f["side"]), int(f["px"]), float(f["qty"])) for f in fo]
 
@@ -245,10 +260,8 @@ def test_design_and_hftbacktest_models_differ_on_the_day(day):
     # the two fill models on the same slice, policy, clock and latency: 59 design fills (5,450
     # shares, some partial) against hftbacktest's 57 whole 100-share fills
     sl = day.slice(0, 20_000)
-    fo, _ = run_ours(sl, **POLICY)
-    from hft_common import policy_decisions
-
-    dts, rows, q = policy_decisions(sl, POLICY["interval_ns"], 100.0)
+    fo, _ = run_fixed_spread_engine(sl, **POLICY)
+    dts, rows, q = fixed_spread_decisions(sl, POLICY["interval_ns"], 100.0)
     c = MarketConfig(latency_ns=POLICY["entry_ns"], inventory_limit=500, min_size=1, max_size=1000,
                      post_only=True, episode_length=None)
     res = run_backtest(sl, rows, q, c, end_row=sl.n, raw_quotes=True, decision_ts=dts, metrics=False)

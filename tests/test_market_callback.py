@@ -9,24 +9,11 @@ from lightning.pytorch.loggers import Logger
 from cmm_lightning.callbacks.backtest import BacktestCallback
 from cmm_lightning.config import MarketConfig
 from cmm_lightning.data.datamodule import LOBDataModule
-from cmm_lightning.data.lob import Book
 from cmm_lightning.data.windows import make_windows
 from cmm_lightning.market import predictions, run_backtest, train_volume_ref
 
-
-def random_book(n=3000, seed=0):
-    rng = np.random.default_rng(seed)
-    mid = 5000 + np.cumsum(rng.integers(-1, 2, n))
-    spr = rng.integers(1, 4, n)
-    bid, ask = mid - spr // 2 - 1, mid + (spr + 1) // 2
-    side = rng.choice([-1, 1], n).astype(np.int8)
-    has = rng.random(n) < 0.4
-    return Book(ts=np.arange(n, dtype=np.int64) * 1000, bid_px=np.stack([bid, bid - 1], 1),
-                bid_sz=rng.integers(1, 90, (n, 2)).astype(float), ask_px=np.stack([ask, ask + 1], 1),
-                ask_sz=rng.integers(1, 90, (n, 2)).astype(float),
-                trade_px=np.where(has, np.where(side > 0, ask, bid), 0),
-                trade_sz=np.where(has, rng.integers(1, 120, n), 0).astype(float),
-                trade_side=np.where(has, side, 0).astype(np.int8), tick_size=0.01)
+from .helpers import quiet_trainer
+from .helpers.books import random_book
 
 
 class Dummy(L.LightningModule):
@@ -72,8 +59,8 @@ def test_callback_logs_the_backtest_of_val_predictions():
     cb = BacktestCallback(market_cfg=cfg)
     lg = ImageLogger()
     model = Dummy(w.n_features)
-    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, logger=lg, callbacks=[cb], accelerator="cpu",
-                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=3, logger=lg, callbacks=[cb], accelerator="cpu",
+                            enable_checkpointing=False)
     trainer.fit(model, datamodule=LOBDataModule(w, batch_size=64))
 
     # recompute by hand from the final module (validation ran after the last training epoch)
@@ -102,8 +89,8 @@ def test_callback_with_explicit_inputs():
     cb = BacktestCallback(book=book, decision_rows=w.end[idx], market_cfg=cfg, inputs=w.inputs(idx),
                           volume_ref=30.0, log_figure=False)
     model = Dummy(w.n_features)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, logger=False, callbacks=[cb], accelerator="cpu",
-                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, callbacks=[cb], accelerator="cpu",
+                            enable_checkpointing=False)
     trainer.fit(model, datamodule=LOBDataModule(w, batch_size=64))
     with torch.no_grad():
         preds = model.predict_windows(torch.from_numpy(w.inputs(idx))).double().numpy()

@@ -6,32 +6,11 @@ import numpy as np
 import pytest
 
 from cmm_lightning.config import MarketConfig
-from cmm_lightning.data.lob import Book
 from cmm_lightning.market import (Engine, avellaneda_stoikov, backtest_policies, equity_figure,
                                   estimate_as_params, fixed_spread, params, predictions, quotes_np,
                                   results_table, run_policies)
 
-
-def make_book(bid, ask, trades=None, sz=50.0):
-    n = len(bid)
-    tpx, tsz, tsd = np.zeros(n, np.int64), np.zeros(n), np.zeros(n, np.int8)
-    for r, (p, s, sd) in (trades or {}).items():
-        tpx[r], tsz[r], tsd[r] = p, s, sd
-    return Book(ts=np.arange(n, dtype=np.int64), bid_px=np.asarray(bid, np.int64)[:, None],
-                bid_sz=np.full((n, 1), sz), ask_px=np.asarray(ask, np.int64)[:, None],
-                ask_sz=np.full((n, 1), sz), trade_px=tpx, trade_sz=tsz, trade_side=tsd, tick_size=1.0)
-
-
-def random_book(n=5000, seed=0):
-    rng = np.random.default_rng(seed)
-    mid = 2000 + np.cumsum(rng.integers(-1, 2, n))
-    spr = rng.integers(1, 4, n)
-    bid, ask = mid - spr // 2 - 1, mid + (spr + 1) // 2
-    side = rng.choice([-1, 1], n).astype(np.int8)
-    has = rng.random(n) < 0.4
-    px = np.where(side > 0, ask, bid) + rng.integers(0, 2, n) * side
-    return make_book(bid, ask, {int(r): (int(px[r]), float(rng.integers(1, 100)), int(side[r]))
-                                for r in np.flatnonzero(has)}, sz=60.0)
+from .helpers.books import make_book, random_book
 
 
 def test_fixed_spread_signals():
@@ -73,7 +52,7 @@ def test_predictions_signals():
 
 def test_quote_kernel_and_numpy_twin_agree():
     rng = np.random.default_rng(1)
-    b = random_book(200)
+    b = random_book(200, levels=1, tick_size=1.0)
     c = MarketConfig(spread_mult=1.3, min_size=10, max_size=300, inventory_limit=250, lot_size=5)
     eng = Engine(b, c, n_envs=64)
     rows = rng.integers(0, 199, 64)
@@ -94,7 +73,7 @@ def test_quote_kernel_and_numpy_twin_agree():
 
 
 def test_compare_policies_table_and_figure():
-    b = random_book(6000)
+    b = random_book(6000, levels=1, tick_size=1.0)
     dec = np.arange(3000, 5990, 5)
     c = MarketConfig(episode_length=1000, inventory_limit=500, base_size=50, min_size=10, max_size=100)
     rng = np.random.default_rng(2)

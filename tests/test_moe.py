@@ -1,19 +1,17 @@
 """Hájek-MoE: formulas against brute force, weights, the noisy student, stacking, every mode trains."""
 
 import itertools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_students_fixtures import HIDDEN, N_LAYERS1, PLAN, make_data, small_cfg  # noqa: E402
-
-from cmm_lightning.moe.hajek import (hajek_contributions, hajek_weights, median_sigma2, mix,  # noqa: E402
+from cmm_lightning.moe.hajek import (hajek_contributions, hajek_weights, median_sigma2, mix,
                                      pairwise_sq_dists, rbf_kernel, u_statistic)
-from cmm_lightning.students.modules import DataStudents, LayerStudents, TaskStudents, evaluate  # noqa: E402
+from cmm_lightning.students.modules import DataStudents, LayerStudents, TaskStudents, evaluate
+
+from .helpers import quiet_trainer
+from .helpers.students import HIDDEN, N_LAYERS1, PLAN, make_data, small_cfg
 
 SCFG = {"hidden": 16, "channels": 8, "kernel": 4, "pca_dim": 8, "kd_lambdas": [1.0]}
 MCFG = {"embed_dim": 4, "gate_hidden": 8, "max_epochs": 1}
@@ -151,13 +149,10 @@ def test_every_mode_trains(students, dm, tmp_path, mode):
 
 
 def test_moe_logs_weights_per_student_and_regime(students, dm, tmp_path):
-    import lightning as L
-
     from cmm_lightning.moe.module import HajekMoE
 
     moe = HajekMoE.from_students(students, MCFG, "hajek_gate").calibrate(dm)
-    tr = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, limit_train_batches=2, default_root_dir=tmp_path)
+    tr = quiet_trainer(max_epochs=1, enable_checkpointing=False, limit_train_batches=2, default_root_dir=tmp_path)
     tr.fit(moe, datamodule=dm)
     keys = set(tr.callback_metrics)
     for n in moe.student_names:

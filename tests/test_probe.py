@@ -1,4 +1,4 @@
-"""Fluorescent probe: closed-form ridge, R² / F / control / raw control, plan, files (DESIGN §4).
+"""Fluorescent probe: closed-form ridge, R² / F / control / raw control, plan, files (docs/method.md, "Probe").
 
 Ground truth is planted by hand: features whose layer k holds task t linearly (the rest is
 noise) must light up exactly at k, per regime too, and shuffled targets must read nothing.
@@ -15,36 +15,26 @@ import pytest
 import torch
 
 from cmm_lightning.config import load_config
-from cmm_lightning.data.lob import Book
 from cmm_lightning.data.windows import REGIMES, TASKS, make_windows
 from cmm_lightning.errors import CMMInputError
 from cmm_lightning.probe import (REGIMES_ALL, ProbeResult, Readout, fit_ridge, fluorescence, make_plan,
                                  r2_score, run_probe, run_probe_stage, segment_profiles, thirds)
 from cmm_lightning.probe.plots import heatmap, log_figure
 
+from .helpers.books import random_book
+
 IA = REGIMES_ALL.index("all")
 
 
 # ------------------------------------------------------------------------------------------
-# fixtures: a random-walk book whose volatility switches often, cut by make_windows
+# fixtures: the random book with volatility spells of 40 rows, cut by make_windows; a fair-coin
+# walk (no imbalance push: the next move is not in the window) whose spread and volume do not
+# follow the spells (tasks independent within a regime). 24,000 rows: the shuffled control's test
+# R² is the sampling noise of per-regime test means, well under its bound at this size.
 # ------------------------------------------------------------------------------------------
-def random_walk_book(n: int = 6000, levels: int = 2, seed: int = 0) -> Book:
-    rng = np.random.default_rng(seed)
-    vol = np.repeat(rng.choice([0.15, 0.6, 1.8], size=n // 40 + 1), 40)[:n]
-    bid1 = 20_000 + np.cumsum(np.rint(rng.normal(size=n) * vol)).astype(np.int64)
-    ask1 = bid1 + rng.integers(1, 4, n)
-    steps = np.arange(levels)
-    trade_sz = rng.exponential(100.0, n) * (rng.random(n) < 0.3)
-    return Book(ts=np.arange(n, dtype=np.int64) * 1_000_000, bid_px=bid1[:, None] - steps,
-                bid_sz=rng.integers(1, 500, (n, levels)).astype(float), ask_px=ask1[:, None] + steps,
-                ask_sz=rng.integers(1, 500, (n, levels)).astype(float), trade_px=np.where(trade_sz > 0, ask1, 0),
-                trade_sz=trade_sz, trade_side=(np.sign(rng.normal(size=n)) * (trade_sz > 0)).astype(np.int8),
-                source="random-walk").validate()
-
-
 @pytest.fixture(scope="module")
 def windows():
-    w = make_windows(random_walk_book(), window=16, horizon=5, stride=1)
+    w = make_windows(random_book(24_000, spell=40, push=0.0, coupled=False), window=16, horizon=5, stride=1)
     ok = w.split >= 0
     counts = np.array([[((w.split == s) & (w.regime == r)).sum() for r in range(3)] for s in range(3)])
     assert counts.min() >= 100, counts  # every regime in every split
@@ -396,7 +386,7 @@ def test_stage_writes_files_and_logs(windows, planted, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_timing_10k_windows_31_layers(tmp_path):
-    """DESIGN target: the whole probe for 10^4 windows x 31 layers x 576 in < 60 s on 2 cores."""
+    """Speed target (docs/method.md, "Probe"): the whole probe for 10^4 windows x 31 layers x 576 in < 60 s on 2 cores."""
     import time
 
     N, L, H = 10_000, 31, 576

@@ -25,20 +25,8 @@ from cmm_lightning.config import load_config
 from cmm_lightning.data import build_windows
 from cmm_lightning.data.synthetic import simulate
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "conf" / "smoke.yaml"
-
-
-def _frame(book) -> pd.DataFrame:
-    """The book as a snapshot table (prices in currency, tick 0.01)."""
-    cols = {"ts": book.ts}
-    for side in ("bid", "ask"):
-        for i in range(book.levels):
-            cols[f"{side}_px_{i + 1}"] = getattr(book, f"{side}_px")[:, i] / 100
-            cols[f"{side}_sz_{i + 1}"] = getattr(book, f"{side}_sz")[:, i]
-    cols["last_px"] = np.where(book.trade_sz > 0, book.trade_px / 100, np.nan)
-    cols["volume"] = book.trade_sz
-    return pd.DataFrame(cols)
+from .helpers import ROOT, SMOKE
+from .helpers.tables import book_table
 
 
 def perturb_after(df: pd.DataFrame, cut: int, seed: int = 0, block: int = 40) -> pd.DataFrame:
@@ -67,10 +55,10 @@ def _checkpoints(run_dir: Path) -> dict[str, dict]:
     for path in sorted(run_dir.rglob("best.ckpt")):
         out[str(path.relative_to(run_dir))] = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     out["cmm.pt"] = torch.load(run_dir / "checkpoints" / "cmm.pt", map_location="cpu", weights_only=True)["state_dict"]
-    from stable_baselines3 import PPO
+    from safetensors.torch import load_file
 
-    for path in sorted((run_dir / "rl").glob("*.zip")):
-        out[path.name] = PPO.load(str(path), device="cpu").policy.state_dict()
+    for path in sorted((run_dir / "rl").glob("*.safetensors")):
+        out[path.name] = load_file(str(path))
     return out
 
 
@@ -93,7 +81,7 @@ def test_everything_chosen_or_trained_is_blind_to_the_test_split(tmp_path):
     w = build_windows(cfg.data, book)
     cut = int(w.boundaries["val"][1] + w.horizon + 1)  # after the last val window's targets
     assert w.boundaries["test"][0] - w.window + 1 < cut < book.n  # test windows read both sides of it
-    df = _frame(book)
+    df = book_table(book)
     clean, moved = tmp_path / "clean.parquet", tmp_path / "moved.parquet"
     df.to_parquet(clean)
     perturb_after(df, cut).to_parquet(moved)
@@ -106,8 +94,8 @@ def test_everything_chosen_or_trained_is_blind_to_the_test_split(tmp_path):
 
     a, b = (_checkpoints(tmp_path / n) for n in ("clean", "moved"))
     assert a.keys() == b.keys()
-    assert {"checkpoints/layer/best.ckpt", "checkpoints/moe_hajek_gate/best.ckpt", "cmm.pt", "rl_ppo.zip",
-            "cmm_rl.zip", "no_teacher/checkpoints/data/best.ckpt", "single_student_kd/checkpoints/layer/best.ckpt",
+    assert {"checkpoints/layer/best.ckpt", "checkpoints/moe_hajek_gate/best.ckpt", "cmm.pt", "rl_ppo.safetensors",
+            "cmm_rl.safetensors", "no_teacher/checkpoints/data/best.ckpt", "single_student_kd/checkpoints/layer/best.ckpt",
             "crossfit/fold0/checkpoints/task/best.ckpt"} <= a.keys(), sorted(a)
     for name in a:
         assert a[name].keys() == b[name].keys(), name

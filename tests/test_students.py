@@ -1,7 +1,6 @@
 """OFDD students: stacked == separate students, losses by hand, set-up from data, masks, training plumbing."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_students_fixtures import HIDDEN, N_LAYERS1, PLAN, make_data, small_cfg  # noqa: E402
-
-from cmm_lightning.config import StudentsConfig  # noqa: E402
-from cmm_lightning.students.encoders import StackedLinear, fold_input_affine  # noqa: E402
-from cmm_lightning.students.losses import feat_loss, ofdd_loss, weighted_mse  # noqa: E402
-from cmm_lightning.students.modules import (DataStudents, LayerStudents, TaskStudents, evaluate,  # noqa: E402
+from cmm_lightning.config import StudentsConfig
+from cmm_lightning.students.encoders import StackedLinear, fold_input_affine
+from cmm_lightning.students.losses import feat_loss, ofdd_loss, weighted_mse
+from cmm_lightning.students.modules import (DataStudents, LayerStudents, TaskStudents, evaluate,
                                             train_students)
-from cmm_lightning.students.stacked import StackedStudents  # noqa: E402
+from cmm_lightning.students.stacked import StackedStudents
+
+from .helpers import quiet_trainer
+from .helpers.students import HIDDEN, N_LAYERS1, PLAN, make_data, small_cfg
 
 
 @pytest.fixture(scope="module")
@@ -235,12 +234,9 @@ def test_train_students_checkpoints_resume_and_skip(dm, tmp_path):
 
 
 def test_validation_logs_per_student_metrics(dm, tmp_path):
-    import lightning as L
-
     m = TaskStudents(PLAN, _cfg_dict(), dm.windows.n_features, dm.windows.window, [N_LAYERS1, HIDDEN])
     m.setup_from_data(dm)
-    tr = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, limit_train_batches=2, default_root_dir=tmp_path)
+    tr = quiet_trainer(max_epochs=1, enable_checkpointing=False, limit_train_batches=2, default_root_dir=tmp_path)
     tr.fit(m, datamodule=dm)
     keys = set(tr.callback_metrics)
     assert {f"student/{n}/loss" for n in m.student_names} <= keys
@@ -323,7 +319,6 @@ class _Planted:
 
 
 def test_per_student_early_stopping_keeps_each_students_best_epoch(tmp_path):
-    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -334,8 +329,7 @@ def test_per_student_early_stopping_keeps_each_students_best_epoch(tmp_path):
     shared = m.shared.clone()
     stop = PerStudentEarlyStopping(patience=2)
     last = ModelCheckpoint(dirpath=tmp_path, filename="last", enable_version_counter=False)  # every epoch
-    tr = L.Trainer(max_epochs=12, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                   num_sanity_val_steps=0, callbacks=[stop, last], default_root_dir=tmp_path)
+    tr = quiet_trainer(max_epochs=12, num_sanity_val_steps=0, callbacks=[stop, last], default_root_dir=tmp_path)
     tr.fit(m, DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=4),
            DataLoader(TensorDataset(torch.randn(4, 4)), batch_size=4))
     assert m.epochs == list(range(8))  # stopped once every student was done (epoch 7), not at max_epochs
@@ -363,10 +357,10 @@ def test_per_student_early_stopping_keeps_each_students_best_epoch(tmp_path):
         again.load_state_dict(torch.load(path, weights_only=True))
     # killed after the last epoch's checkpoint (every student done): the resumed fit trains no further epoch
     resumed = _Planted.module()
-    L.Trainer(max_epochs=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, num_sanity_val_steps=0, callbacks=[PerStudentEarlyStopping(patience=2)],
-              default_root_dir=tmp_path).fit(resumed, DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=4),
-                                             ckpt_path=tmp_path / "last.ckpt", weights_only=True)
+    tr = quiet_trainer(max_epochs=12, enable_checkpointing=False, num_sanity_val_steps=0,
+                       callbacks=[PerStudentEarlyStopping(patience=2)], default_root_dir=tmp_path)
+    tr.fit(resumed, DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=4), ckpt_path=tmp_path / "last.ckpt",
+           weights_only=True)
     assert resumed.epochs == []
     for k, v in m.students.state_dict().items():
         torch.testing.assert_close(resumed.students.state_dict()[k], v, rtol=0, atol=0)
@@ -374,7 +368,6 @@ def test_per_student_early_stopping_keeps_each_students_best_epoch(tmp_path):
 
 def test_student_val_loss_is_exact_and_data_students_see_only_their_regime(dm, tmp_path):
     """student/<name>/loss = the OFDD loss over all the val windows the student sees, whatever the batching."""
-    import lightning as L
     from torch.utils.data import DataLoader
 
     torch.manual_seed(0)
@@ -396,7 +389,7 @@ def test_student_val_loss_is_exact_and_data_students_see_only_their_regime(dm, t
         return out
 
     def logged(f):
-        tr = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        tr = quiet_trainer(default_root_dir=tmp_path)
         tr.validate(m, dataloaders=DataLoader(batches(f), batch_size=None, collate_fn=lambda b: b), verbose=False)
         return torch.stack([tr.callback_metrics[f"student/{n}/loss"] for n in m.student_names]).double()
 
@@ -454,7 +447,7 @@ def test_per_student_fit_resumes_to_the_uninterrupted_result(dm, tmp_path):
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(got.state_dict()[k], v, rtol=0, atol=0, msg=k)
     # the returned (= best.ckpt) module reproduces every student's best val loss
-    tr = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    tr = quiet_trainer(default_root_dir=tmp_path)
     tr.validate(got, datamodule=dm, verbose=False)
     for n, v in done["students"].items():
         assert float(tr.callback_metrics[f"student/{n}/loss"]) == pytest.approx(v["best_loss"], rel=1e-5)

@@ -17,6 +17,8 @@ from cmm_lightning.teacher import models, prompts
 from cmm_lightning.teacher.extract import (TeacherExtractor, agent_predictions, length_buckets, parse_answer,
                                            tokenize_prompts)
 
+from .helpers.books import random_book
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,20 +32,6 @@ def ramp_book(n: int = 400, levels: int = 2) -> Book:
                 bid_sz=np.full((n, levels), 300.0), ask_sz=np.full((n, levels), 100.0),
                 trade_px=mid + 1, trade_sz=np.full(n, 50.0), trade_side=np.ones(n, dtype=np.int8),
                 source="ramp").validate()
-
-
-def random_book(n: int = 1500, levels: int = 3, seed: int = 0) -> Book:
-    rng = np.random.default_rng(seed)
-    mid2 = 20000 + 2 * np.cumsum(rng.integers(-1, 2, n))
-    spread = rng.integers(1, 4, n)
-    bid1 = (mid2 - spread) // 2
-    bid = bid1[:, None] - np.arange(levels)[None]
-    ask = (bid1 + spread)[:, None] + np.arange(levels)[None]
-    return Book(ts=np.arange(n, dtype=np.int64) * 10**8, bid_px=bid, ask_px=ask,
-                bid_sz=rng.integers(50, 900, (n, levels)).astype(float),
-                ask_sz=rng.integers(50, 900, (n, levels)).astype(float), trade_px=bid1,
-                trade_sz=rng.poisson(60, n).astype(float), trade_side=rng.choice([-1, 0, 1], n).astype(np.int8),
-                source=f"random({seed})").validate()
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -68,7 +56,7 @@ def test_prompt_numbers_hand_computed():
 
 @pytest.mark.parametrize("template", ["v1", "v0"])
 def test_rendered_text_holds_exactly_prompt_numbers(template):
-    w = make_windows(random_book(), window=32, horizon=10, stride=5)
+    w = make_windows(random_book(1500, levels=3), window=32, horizon=10, stride=5)
     idx = np.arange(0, len(w.end), 7)
     nums = prompts.prompt_numbers(w, idx, template)
     texts = prompts.render_prompts(w, idx, template)
@@ -154,7 +142,7 @@ def test_length_buckets_cover_once_without_padding():
 def test_features_match_a_plain_forward(tiny, pooling):
     """Prefix cache on/off and batching give the pooled hidden states of ``model(prefix+body)``."""
     model, tok, info, cfg = tiny
-    w = make_windows(random_book(), window=32, horizon=10, stride=5)
+    w = make_windows(random_book(1500, levels=3), window=32, horizon=10, stride=5)
     idx = np.arange(6)
     head, tail = prompts.chat_parts(tok, prompts.PREFIX("v1"))
     prefix, toks = tokenize_prompts(tok, head, prompts.render_prompts(w, idx), tail)
@@ -185,7 +173,7 @@ def test_parse_answer_is_robust():
 
 def test_agent_predictions_count_bad(tiny):
     model, tok, info, cfg = tiny
-    w = make_windows(random_book(), window=32, horizon=10, stride=5)
+    w = make_windows(random_book(1500, levels=3), window=32, horizon=10, stride=5)
     preds, n_bad = agent_predictions(model, tok, w, np.arange(3), cfg, max_new_tokens=8)
     assert preds.shape == (3, 3) and preds.dtype == np.float32
     assert n_bad == int(np.isnan(preds).any(axis=1).sum())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -94,19 +95,30 @@ def test_hit_miss_and_meta(tiny_dir, tmp_path, capsys):
     np.testing.assert_array_equal(batch["teacher"].numpy(), np.asarray(tf.features[rows], dtype=np.float32))
 
 
-SCRIPT = """
-import sys, torch
-torch.set_num_threads(1)
-sys.path.insert(0, {tests!r})
-from test_teacher_cache import make_cfg, small_windows
-from cmm_lightning.teacher.cache import cache_teacher
+# A child process cannot import this module: its script gets make_cfg / small_windows as source
+# (the same inputs, so the same fingerprint) and the package API for the rest.
+PRELUDE = "\n".join([
+    "from __future__ import annotations",  # the sources' annotations stay unevaluated
+    "import sys, torch",
+    "torch.set_num_threads(1)",
+    "from omegaconf import OmegaConf",
+    "from cmm_lightning.config import Config",
+    "from cmm_lightning.data import make_windows",
+    "from cmm_lightning.data.synthetic import simulate",
+    "from cmm_lightning.teacher.cache import cache_teacher",
+    "",
+    inspect.getsource(make_cfg),
+    inspect.getsource(small_windows),
+])
+
+SCRIPT = PRELUDE + """
 cache_teacher(make_cfg(sys.argv[1]), small_windows(), sys.argv[2])
 """
 
 
 def test_crash_then_resume_is_byte_identical(tiny_dir, tmp_path):
     script = tmp_path / "run_cache.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(SCRIPT)
     root = tmp_path / "crashy"
     env = {**os.environ, CRASH_ENV: "2", "OMP_NUM_THREADS": "1"}
     crashed = subprocess.run([sys.executable, str(script), str(tiny_dir), str(root)], env=env,
@@ -129,12 +141,7 @@ def test_crash_then_resume_is_byte_identical(tiny_dir, tmp_path):
     assert (folder / "ids.npy").read_bytes() == (clean.path / "ids.npy").read_bytes()
 
 
-DDP_SCRIPT = """
-import sys, torch
-torch.set_num_threads(1)
-sys.path.insert(0, {tests!r})
-from test_teacher_cache import make_cfg, small_windows
-from cmm_lightning.teacher.cache import cache_teacher
+DDP_SCRIPT = PRELUDE + """
 cfg = make_cfg(sys.argv[1])
 cfg.trainer.strategy, cfg.trainer.devices = "ddp", 2
 tf = cache_teacher(cfg, small_windows(), sys.argv[2])
@@ -146,7 +153,7 @@ print("WORLD", tf.meta["world_size"], tf.features.shape[0], flush=True)
 def test_ddp_two_cpu_ranks_match_single_process(tiny_dir, tmp_path):
     """Under DDP (2 CPU processes, gloo) each rank writes its own shards; rank 0 merges."""
     script = tmp_path / "run_ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(CRASH_ENV, None)
     out = subprocess.run([sys.executable, str(script), str(tiny_dir), str(tmp_path / "ddp")], env=env,

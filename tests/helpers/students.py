@@ -1,9 +1,9 @@
-"""Hand-built test data for the students / MoE / export tests (no synthetic simulator, teacher or probe).
+"""Hand-built data for the students / MoE / export tests (no synthetic simulator, teacher or probe).
 
-A random-walk Book whose level-1 imbalance pushes the next mid move and whose volatility
-switches between three spells, cut into windows by ``make_windows``; teacher features are
-random with a planted linear relation: layer l = (standardized targets) · M_l · strength_l + noise.
-"""
+The shared random-walk book (:func:`.books.random_book`: the level-1 imbalance pushes the next mid
+move, volatility switches between three spells) cut into windows by ``make_windows``; teacher
+features are random with a planted linear relation: layer l = (standardized targets) · M_l ·
+strength_l + noise."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from omegaconf import OmegaConf
 
 from cmm_lightning.config import Config
 from cmm_lightning.data.datamodule import LOBDataModule
-from cmm_lightning.data.lob import Book
 from cmm_lightning.data.windows import make_windows
+
+from .books import random_book
 
 N_LAYERS1, HIDDEN = 5, 16  # teacher: embeddings + 4 blocks, width 16
 PLAN = {
@@ -23,29 +24,6 @@ PLAN = {
     "groups": [[0, 1], [2, 3], [4]],
     "group_names": ["shallow", "middle", "deep"],
 }
-
-
-def random_walk_book(n: int = 3000, levels: int = 2, seed: int = 0) -> Book:
-    rng = np.random.default_rng(seed)
-    spell = (np.arange(n) // 250) % 3  # calm / normal / volatile spells
-    p_move = np.array([0.1, 0.35, 0.8])[spell]
-    b1 = rng.integers(5, 60, n).astype(float)
-    a1 = rng.integers(5, 60, n).astype(float)
-    imb = (b1 - a1) / (b1 + a1)
-    move = rng.random(n) < p_move
-    up = rng.random(n) < 0.5 + 0.45 * np.roll(imb, 1)
-    step = np.where(move, np.where(up, 1, -1), 0)
-    bid = 10_000 + np.cumsum(step)
-    spread = 1 + (rng.random(n) < 0.3 + 0.2 * spell) + (rng.random(n) < 0.1 * spell)
-    bid_px = bid[:, None] - np.arange(levels)[None, :]
-    ask_px = (bid + spread)[:, None] + np.arange(levels)[None, :]
-    bid_sz = np.concatenate([b1[:, None], rng.integers(5, 80, (n, levels - 1))], 1).astype(float)
-    ask_sz = np.concatenate([a1[:, None], rng.integers(5, 80, (n, levels - 1))], 1).astype(float)
-    trade_sz = rng.poisson(np.array([2.0, 6.0, 15.0])[spell]).astype(float)
-    side = np.sign(rng.standard_normal(n)).astype(np.int8) * (trade_sz > 0)
-    return Book(ts=np.arange(n, dtype=np.int64) * 1_000_000, bid_px=bid_px, bid_sz=bid_sz, ask_px=ask_px,
-                ask_sz=ask_sz, trade_px=np.where(trade_sz > 0, bid, 0).astype(np.int64), trade_sz=trade_sz,
-                trade_side=side, tick_size=0.01, source="random-walk test book")
 
 
 def planted_teacher(windows, seed: int = 1, noise: float = 0.3):
@@ -63,7 +41,7 @@ def planted_teacher(windows, seed: int = 1, noise: float = 0.3):
 
 
 def make_data(n: int = 3000, seed: int = 0, batch_size: int = 128, teacher: bool = True):
-    book = random_walk_book(n, seed=seed)
+    book = random_book(n, seed=seed)
     w = make_windows(book, window=16, horizon=5, stride=2)
     feats = planted_teacher(w) if teacher else None
     ids = np.arange(len(w.end)) if teacher else None

@@ -91,7 +91,8 @@ def test_other_ranks_write_nothing(tmp_path, monkeypatch, capsys):
     cfg = load_config([str(SMOKE)], ["data.synthetic.n_snapshots=3000",
                                                               f"run.dir={tmp_path / 'zero'}"])
     pipeline.run("prepare", cfg)
-    assert {p.name for p in (tmp_path / "zero").iterdir()} == {"config.yaml", "data_summary.json", "report.json"}
+    assert {p.name for p in (tmp_path / "zero").iterdir()} == {"config.yaml", "data_summary.json", "report.json",
+                                                        ".lock"}  # the run folder's lock (rank 0 holds it)
     assert "prepared 3,000 snapshots" in capsys.readouterr().out
 
 

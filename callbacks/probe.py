@@ -24,7 +24,7 @@ import torch
 from cmm_lightning.data.datamodule import with_teacher
 from cmm_lightning.data.windows import TASKS
 from cmm_lightning.config import ProbeConfig
-from cmm_lightning.probe.fluorescence import fluorescence
+from cmm_lightning.probe.plan import fluorescence
 from cmm_lightning.probe.plots import log_figure, student_bars
 from cmm_lightning.probe.ridge import fit_ridge, linear_cka, r2_score
 

@@ -217,5 +217,106 @@ def as_horizon_rows(bounds: np.ndarray) -> int:
     return typical_rows(bounds)
 
 
-__all__ = ["Arena", "Quoters", "add_holm_verdicts", "as_horizon_rows", "backtest", "family", "reads_teacher",
-           "episode_arrays", "pooled_pnlmap", "run_table", "summarize_table"]
+# ------------------------------------------------------------------------------------------------- the stage
+def _main_policies(run) -> list[str]:
+    """The test table's policies in order: cmm, its MoE ablations right after it, then the rest
+    of ``market.policies`` (the teacher policies have their own table)."""
+    out = []
+    for name in run.cfg.market.policies:
+        if reads_teacher(name):
+            continue
+        out.append(name)
+        if name == "cmm":
+            out += [f"cmm_{m}" for m in run.moe if m != run.cfg.moe.mode]
+    return out
+
+
+def _rl_signals(run) -> dict:
+    """{agent: (test signals, spread_mult, note)}: rl_ppo, and cmm_rl observing the CMM's
+    predictions — cross-fitted (out-of-fold) on the train windows it learns from."""
+    from .market.rl import rl_policies
+
+    preds = np.where(np.isnan(run.crossfit), run.cmm_predictions, run.crossfit)
+    sig = run.timed("rl", lambda: rl_policies(run.windows, run.cfg, run.dir, preds=preds, logger=run.logger))
+    note = "PPO trained on train, checkpoint chosen on val; trades with the quoting knobs it learned with"
+    return {k: (v, float(run.cfg.market.spread_mult), note) for k, v in sig.items()}
+
+
+def compare_policies(run) -> tuple[dict, dict]:
+    """The test table and (when a teacher policy is listed) the teacher table: every policy
+    calibrated on val, traded on the same test decisions, with CIs and paired tests (compare.py).
+    Returns (report["backtest"], the test table's BacktestResults)."""
+    from .market.calibrate import grid_sizes
+
+    w, m, names = run.windows, run.cfg.market, list(run.cfg.market.policies)
+    test_ids = w.indices("test")
+    cal_ids = (run.datamodule.stacking_view(float(run.cfg.moe.fit_frac)).split_ids("val")
+               if run.cfg.moe.fit_on == "val" else w.indices("val"))
+    test = Arena.of("test", w, test_ids, m.episode_length)
+    cal = Arena.of("calibration", w, cal_ids, m.episode_length)
+    quoters = Quoters(w, m, run.predictions, as_horizon_rows(test.bounds))
+    fixed = _rl_signals(run) if run.cfg.rl.enabled else {}
+    table = run_table(w.book, m, quoters, _main_policies(run), test, cal, fixed_signals=fixed)
+    results = {k: v["result"] for k, v in table.items() if k != "seconds"}
+    block = summarize_table(table, seed=int(run.cfg.run.seed))
+    seconds = table["seconds"]
+    block["episodes"] = {"length": m.episode_length, "n": int(len(results["cmm"].episodes)) if "cmm" in results
+                         else None, "rows": [int(test.bounds[0, 0]), int(test.end_row)]}
+    if any(reads_teacher(n) for n in names):
+        read = np.isin(test_ids, run.teacher.ids)  # the test decisions whose window the teacher read
+        if "llm_agent" in names:
+            read &= np.isin(test_ids, run.agent_answers["ids"])
+        if read.any():
+            tnames = [n for n in names if n != "llm_agent"]  # llm_agent borrows cmm's knobs
+            ttable = run_table(w.book, m, quoters, tnames, test.subset("teacher", read),
+                               cal.subset("teacher calibration", np.isin(cal_ids, run.teacher.ids)),
+                               borrow={"llm_agent": "cmm"} if "llm_agent" in names else None)
+            seconds += ttable["seconds"]
+            block["teacher"] = summarize_table(ttable, seed=int(run.cfg.run.seed))
+            block["teacher"]["coverage"] = {"decisions": int(read.sum()), "test_decisions": int(len(test_ids)),
+                                            "fraction": float(read.mean())}
+        else:
+            print("teacher table: the teacher read no test window (teacher.max_windows); teacher policies not scored")
+    block["calibration"] = {"enabled": bool(m.calibrate.enabled), "objective": m.calibrate.objective,
+                            "split": "val windows the MoE did not fit on" if run.cfg.moe.fit_on == "val" else "val",
+                            "decisions": int(len(cal_ids)), "n_backtests_per_policy": grid_sizes(m.calibrate),
+                            "seconds": round(seconds, 3)}
+    run.timings["calibration"] = round(seconds, 3)
+    return block, results
+
+
+def gains(run, block: dict) -> dict:
+    """What the LLM adds, with 95 % CIs: the information gain (the val-chosen layer's test R² minus
+    the val-chosen raw-input ridge's, bootstrap over test windows) and the distillation gain (cmm −
+    cmm_no_teacher: test R², bootstrap over test windows; pooled PnLMAP, paired over episodes)."""
+    from .data import TASKS
+    from .stats import r2_diff_ci
+
+    w = run.windows
+
+    def r2_gain(ids, a, b):
+        """Per task R²(a) − R²(b) on windows ``ids`` (time order), bootstrapped in blocks of windows
+        as long as they overlap (inputs + targets: T + h snapshots)."""
+        order = np.argsort(w.end[ids])
+        ids, a, b = ids[order], a[order], b[order]
+        spacing = float(np.median(np.diff(w.end[ids]))) if len(ids) > 1 else 1.0
+        block = max(1, int(np.ceil((w.window + w.horizon) / max(spacing, 1.0))))
+        d = r2_diff_ci(w.targets[ids], a, b, block=block, seed=int(run.cfg.run.seed))
+        return {**{t: {"diff": d["diff"][k], "ci": d["ci"][k]} for k, t in enumerate(TASKS)},
+                "n_windows": int(len(ids)), "block": block}
+
+    out = {}
+    tp = run.probe.test_predictions
+    if "raw" in tp:
+        out["information"] = r2_gain(np.asarray(tp["ids"]), tp["layer"], tp["raw"])
+    if "cmm_no_teacher" in run.cfg.market.policies:
+        ids = w.indices("test")
+        out["distillation"] = {"r2": r2_gain(ids, run.predictions("cmm")[ids], run.predictions("cmm_no_teacher")[ids])}
+        if "cmm_no_teacher" in block.get("paired", {}):
+            p = block["paired"]["cmm_no_teacher"]
+            out["distillation"]["pnlmap"] = {k: p[k] for k in ("diff", "ci", "p_value", "verdict")}
+    return out
+
+
+__all__ = ["Arena", "Quoters", "add_holm_verdicts", "as_horizon_rows", "backtest", "compare_policies", "episode_arrays",
+           "family", "gains", "pooled_pnlmap", "reads_teacher", "run_table", "summarize_table"]

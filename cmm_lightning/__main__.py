@@ -24,8 +24,9 @@ EPILOG = """\
 main config keys (see README for all; any key of the structured config can be overridden):
   run.dir=PATH            where this run writes (default runs/<timestamp>)
   data.source=synthetic|lobster|csv|parquet   data.path=FILE|DIR   data.tick_size=0.01
+  data.levels=5 (unset: 5, or the file's depth when it has fewer)   data.split=[0.7,0.15,0.15] (sums to 1)
   data.window=32 data.horizon=10 data.stride=5
-  teacher.model=smollm2-135m-instruct|HUB_ID|PATH   teacher.pooling=mean|last
+  teacher.model=smollm2-135m-instruct|PATH|HUB_ID (cached, or teacher.allow_download=true)   teacher.pooling=mean|last
   students.encoder=tcn|gru|mixer   moe.mode=uniform|gate|hajek|hajek_gate
   trainer.accelerator=auto trainer.devices=1 trainer.strategy=auto trainer.num_nodes=1 (DDP: docs/scaling.md)
   trainer.enable_progress_bar=true   logger.kind=csv|wandb|none logger.project=NAME logger.tags=[a,b]

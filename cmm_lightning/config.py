@@ -8,6 +8,8 @@ directory. ``conf/*.yaml`` presets and ``key=value`` overrides are layered on to
 from __future__ import annotations
 
 import difflib
+import functools
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -50,12 +52,13 @@ class DataConfig:
     # book; windows never span days
     path: Any = None
     tick_size: float = 0.01  # tables: currency per tick
-    levels: int = 5  # book levels kept
+    # book levels kept; None: 5 (synthetic), or the file's depth when it has fewer (tables, LOBSTER)
+    levels: Optional[int] = None
     window: int = 32  # T snapshots per input window
     horizon: int = 10  # h snapshots ahead for the targets
     stride: int = 5  # snapshots between consecutive windows (= decision interval)
-    max_windows: Optional[int] = None  # keep only the last N windows (None: all)
-    split: list = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train / val / test fractions
+    max_windows: Optional[int] = None  # keep only the last N windows (None: all; else >= 1)
+    split: list = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train / val / test fractions, sum 1
     gap: Optional[int] = None  # snapshots between splits (default and minimum: horizon)
     # fraction: data.split fractions of the time span; day: last day test, the day before val,
     # earlier days train (needs >= 3 days; walk-forward)
@@ -67,7 +70,9 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
-    model: str = "smollm2-135m-instruct"  # registry name, HF hub id or local path
+    model: str = "smollm2-135m-instruct"  # registry name, local path, or HF hub id (in the local HF cache)
+    # a hub id that is not in the local Hugging Face cache is downloaded only when this is true
+    allow_download: bool = False
     template: str = "v1"
     pooling: str = "mean"  # mean | last
     dtype: str = "auto"  # auto (bf16 on GPU/AMX CPU) | float32 | bfloat16 | float16
@@ -264,6 +269,14 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
+@functools.lru_cache(maxsize=1)
+def _schema() -> DictConfig:
+    """The structured defaults, built once (read-only; building one takes ~0.1 s): key checks only."""
+    schema = OmegaConf.structured(Config)
+    OmegaConf.set_readonly(schema, True)
+    return schema
+
+
 def _all_keys(node: dict, prefix: str = "") -> list[str]:
     """Every key of the schema, leaves and sections, dotted."""
     keys = []
@@ -275,7 +288,7 @@ def _all_keys(node: dict, prefix: str = "") -> list[str]:
 
 
 def _unknown_key_error(key: str, source: str) -> CMMInputError:
-    valid = _all_keys(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    valid = _all_keys(OmegaConf.to_container(_schema(), resolve=False))
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return CMMInputError(f"{source}: unknown config key '{key}'{hint}")
@@ -283,7 +296,7 @@ def _unknown_key_error(key: str, source: str) -> CMMInputError:
 
 def _check_keys(node: Any, source: str, prefix: str = "") -> None:
     """Raise a CMMInputError for the first key in ``node`` that the schema lacks."""
-    schema = OmegaConf.structured(Config)
+    schema = _schema()
     for key in _flat_keys(node, prefix):
         if OmegaConf.select(schema, key, default="__missing__") == "__missing__":
             raise _unknown_key_error(key, source)
@@ -305,26 +318,94 @@ def load_config(files: list[str] | None = None, overrides: list[str] | None = No
     """Defaults ← each ``--config`` file in order ← ``key=value`` overrides; validated."""
     cfg = OmegaConf.structured(Config)
     for f in files or []:
-        path = Path(f)
-        if not path.is_file():
-            raise CMMInputError(f"{f}: config file not found")
-        try:
-            layer = OmegaConf.load(path)
-        except Exception as e:  # yaml errors
-            raise CMMInputError(f"{f}: not valid YAML ({str(e).splitlines()[0]})") from None
+        layer = _load_file(f)
         _check_keys(OmegaConf.to_container(layer), str(f))
+        _check_groups(layer, str(f))
         cfg = _merge(cfg, layer, str(f))
     for item in overrides or []:
         if "=" not in item:
             raise CMMInputError(f"command line: expected key=value, got '{item}'")
         key = item.split("=", 1)[0]
         _check_keys({key: None} if "." not in key else _nest(key), "command line")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), "command line")
+        try:
+            layer = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as e:
+            raise CMMInputError(f"command line: cannot parse '{item}' ({str(e).splitlines()[0]})") from None
+        _check_groups(layer, "command line")
+        cfg = _merge(cfg, layer, "command line", key)
     from .registry import load_plugins
 
     load_plugins(cfg.run.plugins)
     _validate(cfg)
     return cfg
+
+
+def _load_file(f) -> DictConfig:
+    """One ``--config`` file -> its DictConfig; a missing file, bad YAML or a top level that is not
+    a mapping of keys (a list, a number, a string) is a one-line CMMInputError naming the file."""
+    import yaml
+
+    path = Path(f)
+    if not path.is_file():
+        raise CMMInputError(f"{f}: config file not found" if not path.exists() else f"{f}: not a file")
+
+    def not_a_mapping(raw) -> CMMInputError:
+        kind = ("a list" if isinstance(raw, (list, ListConfig)) else
+                f"{'a number' if isinstance(raw, (int, float)) else 'a ' + type(raw).__name__} ({str(raw)[:40]!r})")
+        return CMMInputError(f"{f}: the top level must be a mapping of config keys (e.g. 'data:' with "
+                             f"'  source: csv' below it), got {kind}")
+
+    try:
+        layer = OmegaConf.load(path)
+    except Exception as e:  # yaml errors; OmegaConf refuses a scalar top level
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except Exception as ye:
+            mark = getattr(ye, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            what = getattr(ye, "problem", None) or (str(ye).strip().splitlines() or [type(ye).__name__])[0]
+            raise CMMInputError(f"{f}: not valid YAML ({where}{what})") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise not_a_mapping(raw) from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CMMInputError(f"{f}: not valid YAML ({first})") from None
+    if not isinstance(layer, DictConfig):
+        raise not_a_mapping(layer)
+    return layer
+
+
+def _group_keys(key: str) -> list[str]:
+    node = OmegaConf.select(_schema(), key)
+    return list(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _choices_of(key: str):
+    """The valid values of ``key`` when it is a choice (``_CHOICES`` or a registry), else None."""
+    from .registry import REGISTRIES
+
+    if key in _CHOICES:
+        return _CHOICES[key]
+    reg = REGISTRIES.get(key)
+    return reg.names() if reg is not None else None
+
+
+def _check_groups(layer: Any, source: str, prefix: str = "") -> None:
+    """A value given to a config group (``logger=wandb``, ``data: x``) is an error that names the
+    group, its keys and, when the value is a choice of one of them, the key meant (``logger.kind=wandb``)."""
+    if not isinstance(layer, (dict, DictConfig)):
+        return
+    for k, v in layer.items():
+        key = f"{prefix}{k}"
+        keys = _group_keys(key)
+        if not keys:
+            continue
+        if isinstance(v, (dict, DictConfig)):
+            _check_groups(v, source, f"{key}.")
+            continue
+        meant = [f"{key}.{sub}={v}" for sub in keys if v in (_choices_of(f"{key}.{sub}") or ())]
+        hint = f"; did you mean {meant[0]}?" if meant else ""
+        raise CMMInputError(f"{source}: '{key}' is a group of settings, not a value (got {v!r}); set its keys "
+                            f"as {key}.KEY=VALUE, KEY one of {', '.join(keys)}{hint}")
 
 
 def _nest(dotted: str) -> dict:
@@ -337,14 +418,14 @@ def _nest(dotted: str) -> dict:
     return out
 
 
-def _merge(cfg: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+def _merge(cfg: DictConfig, layer: DictConfig, source: str, key: Optional[str] = None) -> DictConfig:
     try:
         return OmegaConf.merge(cfg, layer)
     except ConfigKeyError as e:
-        raise _unknown_key_error(str(e.full_key or e.key), source) from None
+        raise _unknown_key_error(str(e.full_key or e.key or key), source) from None
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
-        raise CMMInputError(f"{source}: bad value for '{e.full_key}': {msg}") from None
+        raise CMMInputError(f"{source}: bad value for '{e.full_key or key or e.key}': {msg}") from None
 
 
 _CHOICES = {
@@ -365,23 +446,77 @@ def _validate(cfg: DictConfig) -> None:
         val = OmegaConf.select(cfg, key)
         if val not in choices:
             raise CMMInputError(f"config: {key}={val!r} is not one of {', '.join(choices)}")
-    if len(cfg.data.split) != 3 or any(float(x) <= 0 for x in cfg.data.split):
-        raise CMMInputError("config: data.split must be three positive fractions (train, val, test)")
-    if cfg.data.gap is not None and cfg.data.gap < cfg.data.horizon:
-        raise CMMInputError(
-            f"config: data.gap={cfg.data.gap} must be at least data.horizon={cfg.data.horizon}"
-        )
-    for key in ("data.window", "data.horizon", "data.stride", "data.levels", "data.synthetic.days"):
-        if OmegaConf.select(cfg, key) < 1:
-            raise CMMInputError(f"config: {key} must be >= 1")
+    _validate_data(cfg.data)
+    _validate_teacher(cfg.teacher)
+    _validate_run_dir(cfg.run.dir)
     _validate_data_path(cfg.data.path)
     _validate_registered(cfg)
-    _validate_market(cfg)
+    _validate_teacher_model(cfg.teacher)
+    _validate_market(cfg)  # last: it imports the market package (torch)
+
+
+def _validate_data(data: DictConfig) -> None:
+    """Numbers of ``data.*`` (windows, depth, tick size, splits, window budget)."""
+    split = list(data.split) if isinstance(data.split, (list, ListConfig)) else None
+    try:
+        fr = [float(x) for x in split] if split is not None else None
+    except (TypeError, ValueError):
+        fr = None
+    if fr is None or len(fr) != 3 or any(not math.isfinite(x) or x <= 0 for x in fr):
+        raise CMMInputError(f"config: data.split={_show(data.split)} must be three positive fractions "
+                            "(train, val, test) that sum to 1")
+    if abs(sum(fr) - 1.0) > 1e-6:
+        raise CMMInputError(f"config: data.split={_show(data.split)} sums to {sum(fr):.6g}; the train, val "
+                            "and test fractions must sum to 1")
+    if data.gap is not None and data.gap < data.horizon:
+        raise CMMInputError(f"config: data.gap={data.gap} must be at least data.horizon={data.horizon}")
+    for key in ("window", "horizon", "stride", "synthetic.days", "batch_size"):
+        if OmegaConf.select(data, key) < 1:
+            raise CMMInputError(f"config: data.{key} must be >= 1, got {OmegaConf.select(data, key)}")
+    for key, null in (("levels", "5, or the file's depth when it has fewer"), ("max_windows", "every window")):
+        val = data[key]
+        if val is not None and val < 1:
+            raise CMMInputError(f"config: data.{key} must be >= 1 or null ({null}), got {val}")
+    tick = float(data.tick_size)
+    if not (math.isfinite(tick) and tick > 0):
+        raise CMMInputError(f"config: data.tick_size must be a positive number (currency per tick, e.g. 0.01), "
+                            f"got {data.tick_size}")
+
+
+def _validate_teacher(teacher: DictConfig) -> None:
+    for key in ("max_windows", "agent_max_windows"):
+        val = teacher[key]
+        if val is not None and val < 1:
+            raise CMMInputError(f"config: teacher.{key} must be >= 1 or null (every window), got {val}")
+    if teacher.batch_size < 1:
+        raise CMMInputError(f"config: teacher.batch_size must be >= 1, got {teacher.batch_size}")
+
+
+def _show(val: Any) -> str:
+    if isinstance(val, (DictConfig, ListConfig)):
+        val = OmegaConf.to_container(val)
+    return str(val).replace(" ", "")
+
+
+def _validate_run_dir(run_dir: Any) -> None:
+    """``run.dir`` must be a folder or creatable as one: not an existing file, nor below a file."""
+    if run_dir is None:
+        return
+    if not str(run_dir).strip():
+        raise CMMInputError("config: run.dir is empty; give a folder (or leave it unset for runs/<timestamp>)")
+    path = Path(os.path.expanduser(str(run_dir)))
+    if path.exists() and not path.is_dir():
+        raise CMMInputError(f"config: run.dir={run_dir} is an existing file, not a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CMMInputError(f"config: run.dir={run_dir} lies below {parent}, which is a file, not a folder")
+            break
 
 
 def _validate_registered(cfg: DictConfig) -> None:
     """Every choice made by name is a registered one (registry.py), the closest named otherwise."""
-    from .registry import ENCODERS, FILL_MODELS, LOGGERS, MOE_MODES, POLICIES, TEACHER_MODELS
+    from .registry import ENCODERS, FILL_MODELS, LOGGERS, MOE_MODES, POLICIES
 
     for key, registry in (("students.encoder", ENCODERS), ("moe.mode", MOE_MODES),
                           ("market.fill_model", FILL_MODELS), ("logger.kind", LOGGERS)):
@@ -390,9 +525,82 @@ def _validate_registered(cfg: DictConfig) -> None:
         for need in POLICIES.check(name) and POLICIES.spec(name).needs:
             if not OmegaConf.select(cfg, need):
                 raise CMMInputError(f"config: policy '{name}' needs {need}=true")
-    model = str(cfg.teacher.model)  # a registered name, an existing path or a hub id (org/name)
-    if model not in TEACHER_MODELS and not Path(os.path.expanduser(model)).exists() and "/" not in model:
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def hub_cache_dir() -> str:
+    """The local Hugging Face hub cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ~/.cache/huggingface/hub)."""
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:
+        home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+        return os.environ.get("HF_HUB_CACHE", os.path.join(home, "hub"))
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """True when the hub model ``repo_id`` (config and weights) is in the local Hugging Face cache.
+    Looks at files only, never at the network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+
+    def cached(filename: str) -> bool:
+        try:
+            hit = try_to_load_from_cache(repo_id, filename)
+        except Exception:  # not a valid repo id
+            return False
+        return isinstance(hit, str) and os.path.isfile(hit)
+
+    return cached("config.json") and any(cached(w) for w in WEIGHT_FILES)
+
+
+def looks_like_path(name: str) -> bool:
+    """``teacher.model`` values that can only be meant as a file or folder (not a hub id org/name)."""
+    return (name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name
+            or name.lower().endswith((".gguf", ".safetensors", ".bin", ".pt", ".pth")))
+
+
+def hub_not_cached(name: str) -> CMMInputError:
+    return CMMInputError(f"config: teacher.model={name!r} is not a registered name, a local file or folder, "
+                         f"or a model in the local Hugging Face cache ({hub_cache_dir()}); set "
+                         "teacher.allow_download=true to download it from the hub")
+
+
+def _validate_teacher_model(teacher: DictConfig) -> None:
+    """``teacher.model``: a registered name, an existing file or folder, a hub id already in the
+    local Hugging Face cache, or (only with ``teacher.allow_download=true``) a hub id to download.
+    Anything else fails here, at once, without touching the network."""
+    from .registry import TEACHER_MODELS
+
+    model = str(teacher.model)
+    if model in TEACHER_MODELS or model.lower() in TEACHER_MODELS:
+        return
+    if Path(os.path.expanduser(model)).exists():
+        return
+    if looks_like_path(model):
+        raise CMMInputError(f"config: teacher.model={model}: no such file or folder")
+    if in_hub_cache(model):
+        return
+    if "/" in model:  # a hub id org/name
+        if teacher.allow_download:
+            return
+        raise hub_not_cached(model)
+    close = difflib.get_close_matches(model, TEACHER_MODELS.names(), n=1, cutoff=0.5)
+    if teacher.allow_download and not close:  # a hub id without an org (e.g. gpt2)
+        return
+    try:
         TEACHER_MODELS.check(model)
+    except CMMInputError as e:
+        if close:
+            raise
+        raise CMMInputError(f"{e}; or a local model folder or .gguf file, or a hub id (org/name) in the local "
+                            "Hugging Face cache or with teacher.allow_download=true") from None
 
 
 def _validate_market(cfg: DictConfig) -> None:
@@ -430,8 +638,12 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
         while path.exists():
             path, i = Path(f"{base}-{i}"), i + 1
         cfg.run.dir = str(path)
+    _validate_run_dir(cfg.run.dir)
     path = Path(os.path.expanduser(cfg.run.dir))
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CMMInputError(f"config: run.dir={cfg.run.dir}: cannot create the folder ({e.strerror or e})") from None
     return path
 
 

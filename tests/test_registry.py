@@ -33,8 +33,9 @@ def test_every_registry_is_checked_at_config_load():
     for key, (bad, close) in MISSPELT.items():
         with pytest.raises(CMMInputError, match=f"did you mean '{close}'"):
             load_config(None, [f"{key}={bad}"])
-    # teacher.model also takes paths and hub ids: those stay a path / id check (later, at load)
-    load_config(None, ["teacher.model=HuggingFaceTB/SmolLM2-135M-Instruct"])
+    # teacher.model also takes paths and hub ids: a path must exist, a hub id not in the local
+    # Hugging Face cache is downloaded only when asked for (never here)
+    load_config(None, ["teacher.model=HuggingFaceTB/SmolLM2-135M-Instruct", "teacher.allow_download=true"])
     load_config(None, [f"teacher.model={ROOT}"])
 
 

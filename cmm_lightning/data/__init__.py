@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CMMInputError
-from .lob import Book, concat_days, day_of_row, day_starts, validate_book
-from .windows import REGIMES, SPLIT_BY, SPLITS, TASKS, WindowSet, make_windows, window_ends
+from .lob import DEFAULT_LEVELS, Book, concat_days, day_of_row, day_starts, validate_book
+from .windows import REGIMES, SPLIT_BY, SPLITS, TASKS, WindowSet, check_learnable, make_windows, window_ends
 
 TABLE_SUFFIXES = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
 
@@ -92,46 +92,98 @@ def _check_one_ticker(orderbooks: list[Path], path) -> None:
             seen[m["ticker"], m["date"]] = p
 
 
-def _read_one(data_cfg, path) -> Book:
+def _file_depth(source: str, path) -> int | None:
+    """Book levels of one data file, read from its first line / header / schema (None: unknown;
+    the reader then reports what is wrong with the file)."""
+    try:
+        if source == "lobster":
+            from .lobster import find_pair
+
+            with open(find_pair(path)[0], encoding="utf-8", errors="replace") as f:
+                n = f.readline().count(",") + 1
+            return n // 4 if n % 4 == 0 else None
+        from .table import table_depth
+
+        p = Path(str(path)).expanduser()
+        if source == "parquet":
+            import pyarrow.parquet as pq
+
+            return table_depth(pq.read_schema(p).names)
+        import pandas as pd
+
+        return table_depth(pd.read_csv(p, nrows=0).columns)
+    except CMMInputError:
+        raise
+    except Exception:
+        return None
+
+
+def _levels(data_cfg, items: list) -> int | None:
+    """``data.levels``, or when unset: 5, or the depth of the shallowest file when it has fewer
+    (said in one printed line). None: let the reader find out (a file it cannot read)."""
+    if data_cfg.levels is not None:
+        return int(data_cfg.levels)
+    depths = [(d, item) for item in items if (d := _file_depth(data_cfg.source, item))]
+    if not depths:
+        return None
+    depth, where = min(depths, key=lambda t: t[0])
+    if depth < DEFAULT_LEVELS:
+        print(f"data.levels not set: {where} has {depth} book level{'s' if depth > 1 else ''}, "
+              f"using data.levels={depth}")
+        return depth
+    return DEFAULT_LEVELS
+
+
+def _read_one(data_cfg, path, levels) -> Book:
     src = data_cfg.source
     if src == "lobster":
         from .lobster import read_lobster
 
-        return read_lobster(path, levels=data_cfg.levels).validate()
+        return read_lobster(path, levels=levels).validate()
     from .table import read_table
 
-    return read_table(path, fmt=src, tick_size=data_cfg.tick_size, levels=data_cfg.levels).validate()
+    return read_table(path, fmt=src, tick_size=data_cfg.tick_size, levels=levels).validate()
 
 
 def load_book(data_cfg) -> Book:
-    """Read and validate the book chosen by ``data.source`` / ``data.path`` (one or several days)."""
+    """Read and validate the book chosen by ``data.source`` / ``data.path`` (one or several days).
+
+    ``data.levels`` unset (None): 5 levels (synthetic), or the depth of the files when they have
+    fewer (tables, LOBSTER; one printed line says so)."""
     src = data_cfg.source
     if src == "synthetic":
         from .synthetic import simulate, simulate_days
 
         s = data_cfg.synthetic
-        kw = dict(n_snapshots=s.n_snapshots, levels=data_cfg.levels, seed=s.seed, start_price=s.start_price,
+        levels = DEFAULT_LEVELS if data_cfg.levels is None else data_cfg.levels
+        kw = dict(n_snapshots=s.n_snapshots, levels=levels, seed=s.seed, start_price=s.start_price,
                   tick_size=data_cfg.tick_size, mean_regime_length=s.mean_regime_length,
                   ofi_signal=s.ofi_signal)
         days = int(getattr(s, "days", 1) or 1)
         return (simulate(**kw) if days == 1 else simulate_days(days=days, **kw)).validate()
     entries = _path_list(data_cfg.path)
     if len(entries) == 1 and (entries[0] is None or not Path(str(entries[0])).expanduser().is_dir()):
-        return _read_one(data_cfg, entries[0])  # one file: exactly as before (a one-pair folder reads the same)
+        # one file: exactly as before (a one-pair folder reads the same)
+        levels = _levels(data_cfg, entries) if entries[0] is not None else data_cfg.levels
+        return _read_one(data_cfg, entries[0], levels)
     files = _expand(src, data_cfg.path)
     if src == "lobster":
         _check_one_ticker(files, data_cfg.path)
-    books = [_read_one(data_cfg, f) for f in files]  # each day validated on its own (file + row)
+    levels = _levels(data_cfg, files)
+    books = [_read_one(data_cfg, f, levels) for f in files]  # each day validated on its own (file + row)
     return books[0] if len(books) == 1 else concat_days(books)
 
 
 def build_windows(data_cfg, book: Book | None = None) -> WindowSet:
+    """Windows of ``data_cfg``'s book (or of ``book``), checked to be learnable (:func:`check_learnable`)."""
     book = load_book(data_cfg) if book is None else book
-    return make_windows(book, window=data_cfg.window, horizon=data_cfg.horizon, stride=data_cfg.stride,
-                        split=tuple(data_cfg.split), gap=data_cfg.gap, max_windows=data_cfg.max_windows,
-                        split_by=getattr(data_cfg, "split_by", "fraction") or "fraction")
+    windows = make_windows(book, window=data_cfg.window, horizon=data_cfg.horizon, stride=data_cfg.stride,
+                           split=tuple(data_cfg.split), gap=data_cfg.gap, max_windows=data_cfg.max_windows,
+                           split_by=getattr(data_cfg, "split_by", "fraction") or "fraction")
+    check_learnable(windows)
+    return windows
 
 
-__all__ = ["Book", "WindowSet", "TASKS", "REGIMES", "SPLITS", "SPLIT_BY", "load_book", "build_windows",
-           "make_windows", "window_ends", "validate_book", "concat_days", "day_starts", "day_of_row",
-           "dataset_paths"]
+__all__ = ["Book", "WindowSet", "TASKS", "REGIMES", "SPLITS", "SPLIT_BY", "DEFAULT_LEVELS", "load_book",
+           "build_windows", "make_windows", "window_ends", "validate_book", "check_learnable", "concat_days",
+           "day_starts", "day_of_row", "dataset_paths"]

@@ -14,6 +14,8 @@ import numpy as np
 
 from ..errors import CMMInputError
 
+DEFAULT_LEVELS = 5  # data.levels when unset: synthetic books have 5; a file with fewer keeps its own depth
+
 
 @dataclass
 class Book:
@@ -283,6 +285,17 @@ def validate_book(b: Book) -> None:
         raise CMMInputError(f"{src}: row {file_row(b, i)}: {msg}")
 
 
+def check_tick_size(tick_size) -> float:
+    """``data.tick_size`` as a positive finite float, else a CMMInputError naming the key."""
+    try:
+        tick = float(tick_size)
+    except (TypeError, ValueError):
+        tick = float("nan")
+    if not (np.isfinite(tick) and tick > 0):
+        raise CMMInputError(f"data.tick_size must be a positive number (currency per tick, e.g. 0.01), got {tick_size}")
+    return tick
+
+
 def to_ticks(prices: np.ndarray, tick_size: float, source: str, row_offset: int = 0,
              what: str = "price", columns: Optional[list] = None) -> np.ndarray:
     """Currency prices -> int64 ticks; an off-grid or non-finite price is a CMMInputError.
@@ -290,6 +303,7 @@ def to_ticks(prices: np.ndarray, tick_size: float, source: str, row_offset: int 
     ``prices`` is [N] or [N, C]; with ``columns`` (C names) the error names the column too.
     The error names the first offending row (``row_offset + i + 1``).
     """
+    check_tick_size(tick_size)
     prices = np.asarray(prices, dtype=np.float64)
     flat = prices.reshape(len(prices), -1)
 

@@ -34,9 +34,11 @@ the (linear) price path are log-depth prefix scans in numpy: 10^5 snapshots take
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
-from .lob import Book
+from .lob import DEFAULT_LEVELS, Book
 
 # per regime: calm, normal, volatile
 SIGMA = np.array([0.12, 0.30, 0.75])  # fair-price s.d. per snapshot, ticks
@@ -97,10 +99,11 @@ def regime_path(n: int, mean_length: float, rng: np.random.Generator) -> np.ndar
     return np.repeat(labels.astype(np.int8), lengths)[:n]
 
 
-def simulate(n_snapshots: int = 40_000, levels: int = 5, seed: int = 7, start_price: float = 100.0,
+def simulate(n_snapshots: int = 40_000, levels: Optional[int] = 5, seed: int = 7, start_price: float = 100.0,
              tick_size: float = 0.01, mean_regime_length: int = 500, ofi_signal: float = 0.7) -> Book:
-    """A seeded synthetic book (see the module docstring). Same seed → identical arrays."""
-    n, L = int(n_snapshots), int(levels)
+    """A seeded synthetic book (see the module docstring). Same seed → identical arrays.
+    ``levels=None``: ``DEFAULT_LEVELS`` (5)."""
+    n, L = int(n_snapshots), int(DEFAULT_LEVELS if levels is None else levels)
     if n < 2 or L < 1:
         raise ValueError("simulate needs n_snapshots >= 2 and levels >= 1")
     rng = np.random.default_rng(seed)
@@ -161,7 +164,7 @@ def simulate(n_snapshots: int = 40_000, levels: int = 5, seed: int = 7, start_pr
 DAY_NS = 86_400 * 1_000_000_000
 
 
-def simulate_days(days: int = 1, n_snapshots: int = 40_000, levels: int = 5, seed: int = 7,
+def simulate_days(days: int = 1, n_snapshots: int = 40_000, levels: Optional[int] = 5, seed: int = 7,
                   start_price: float = 100.0, tick_size: float = 0.01, mean_regime_length: int = 500,
                   ofi_signal: float = 0.7) -> Book:
     """``days`` simulated days of ``n_snapshots`` each, concatenated into one multi-day Book.
@@ -179,6 +182,7 @@ def simulate_days(days: int = 1, n_snapshots: int = 40_000, levels: int = 5, see
     days = int(days)
     if days < 1:
         raise ValueError("simulate_days needs days >= 1")
+    levels = DEFAULT_LEVELS if levels is None else int(levels)
     kw = dict(n_snapshots=n_snapshots, levels=levels, tick_size=tick_size,
               mean_regime_length=mean_regime_length, ofi_signal=ofi_signal)
     if days == 1:

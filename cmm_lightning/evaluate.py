@@ -43,6 +43,8 @@ def _slug(text: str) -> str:
 
 def _source_of(path: str) -> str:
     p = Path(path)
+    if p.suffix.lower() in (".npz", ".npy") or (p.is_dir() and any(p.glob("*.npz"))):
+        return "hftbacktest"
     if p.is_dir() or re.search(r"_(orderbook|message)_\d+\.csv$", p.name):
         return "lobster"
     return "parquet" if p.suffix.lower() in (".parquet", ".pq") else "csv"

@@ -1,11 +1,12 @@
 """Data stage: LOB sources -> validated snapshot arrays -> windows, targets, regimes, splits.
 
 ``data.path`` is one file or folder, or a list of them. One LOBSTER pair (file, or a folder with
-one pair) or one table file is read as today. A LOBSTER folder with several days of ONE ticker,
-a folder of CSV/Parquet files, or a list of files/folders is several days of one instrument: each
-day is read and validated on its own, then concatenated in the order given (folders sorted by
-ticker, date / by name) into one Book (:func:`concat_days`; ``meta['day_start']``). Several
-tickers in one book are an error: ``evaluate`` reads each dataset of :func:`dataset_paths` on its own.
+one pair), one table file or one hftbacktest event file is read as today. A LOBSTER folder with
+several days of ONE ticker, a folder of CSV/Parquet files or of hftbacktest ``.npz`` files, or a
+list of files/folders is several days of one instrument: each day is read and validated on its
+own, then concatenated in the order given (folders sorted by ticker, date / by name) into one Book
+(:func:`concat_days`; ``meta['day_start']``). Several tickers in one book are an error:
+``evaluate`` reads each dataset of :func:`dataset_paths` on its own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from .lob import DEFAULT_LEVELS, Book, concat_days, day_of_row, day_starts, vali
 from .windows import REGIMES, SPLIT_BY, SPLITS, TASKS, WindowSet, check_learnable, make_windows, window_ends
 
 TABLE_SUFFIXES = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
+EVENT_SUFFIXES = (".npz",)  # data.source=hftbacktest: the files of a folder (a .npy file is read when named)
+SOURCES = ("synthetic", "lobster", *TABLE_SUFFIXES, "hftbacktest")
 
 
 def _path_list(path) -> list:
@@ -33,15 +36,16 @@ def _path_list(path) -> list:
 
 
 def _table_files(folder: Path, source: str) -> list[Path]:
-    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(TABLE_SUFFIXES[source]))
+    """The files of ``folder`` a table or event source reads (by suffix), sorted by name."""
+    suffixes = EVENT_SUFFIXES if source == "hftbacktest" else TABLE_SUFFIXES[source]
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(suffixes))
     if not files:
-        raise CMMInputError(f"{folder}: no {source} file ({', '.join('*' + s for s in TABLE_SUFFIXES[source])}) "
-                            "in this folder")
+        raise CMMInputError(f"{folder}: no {source} file ({', '.join('*' + s for s in suffixes)}) in this folder")
     return files
 
 
 def _expand(source: str, path) -> list:
-    """Every entry of ``data.path`` -> one item per day: orderbook Paths (LOBSTER), table files."""
+    """Every entry of ``data.path`` -> one item per day: orderbook Paths (LOBSTER), table / event files."""
     from .lobster import find_pairs
 
     out = []
@@ -62,14 +66,15 @@ def dataset_paths(source: str, path) -> list:
     """``data.path`` -> one ``data.path`` value (a str) per dataset, for ``evaluate``.
 
     LOBSTER: a folder -> the orderbook file of each pair, sorted by ticker then date (one dataset
-    per day); a file -> itself. csv / parquet: a folder -> its ``*.csv`` / ``*.parquet|*.pq`` files
-    sorted by name; a file -> itself. A list expands each entry in order. synthetic: ``[path]``
-    (one dataset, the simulator config). Missing paths or empty folders are CMMInputErrors.
+    per day); a file -> itself. csv / parquet / hftbacktest: a folder -> its ``*.csv`` /
+    ``*.parquet|*.pq`` / ``*.npz`` files sorted by name; a file -> itself. A list expands each entry
+    in order. synthetic: ``[path]`` (one dataset, the simulator config). Missing paths or empty
+    folders are CMMInputErrors.
     """
     if source == "synthetic":
         return [path]
-    if source not in ("lobster", *TABLE_SUFFIXES):
-        raise CMMInputError(f"data.source={source!r} is not one of synthetic, lobster, csv, parquet")
+    if source not in SOURCES:
+        raise CMMInputError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
     return [str(p) for p in _expand(source, path)]
 
 
@@ -95,6 +100,8 @@ def _check_one_ticker(orderbooks: list[Path], path) -> None:
 def _file_depth(source: str, path) -> int | None:
     """Book levels of one data file, read from its first line / header / schema (None: unknown;
     the reader then reports what is wrong with the file)."""
+    if source == "hftbacktest":
+        return None  # events hold the full depth: data.levels unset reads 5
     try:
         if source == "lobster":
             from .lobster import find_pair
@@ -140,6 +147,13 @@ def _read_one(data_cfg, path, levels) -> Book:
         from .lobster import read_lobster
 
         return read_lobster(path, levels=levels).validate()
+    if src == "hftbacktest":
+        from .hftbacktest import read_hftbacktest
+
+        hb = getattr(data_cfg, "hftbacktest", None)
+        return read_hftbacktest(path, tick_size=data_cfg.tick_size, levels=levels,
+                                interval_ns=getattr(hb, "interval_ns", None), lot_size=getattr(hb, "lot_size", None),
+                                crossed=getattr(hb, "crossed", "error") or "error").validate()
     from .table import read_table
 
     return read_table(path, fmt=src, tick_size=data_cfg.tick_size, levels=levels).validate()
@@ -148,8 +162,8 @@ def _read_one(data_cfg, path, levels) -> Book:
 def load_book(data_cfg) -> Book:
     """Read and validate the book chosen by ``data.source`` / ``data.path`` (one or several days).
 
-    ``data.levels`` unset (None): 5 levels (synthetic), or the depth of the files when they have
-    fewer (tables, LOBSTER; one printed line says so)."""
+    ``data.levels`` unset (None): 5 levels (synthetic, hftbacktest), or the depth of the files when
+    they have fewer (tables, LOBSTER; one printed line says so)."""
     src = data_cfg.source
     if src == "synthetic":
         from .synthetic import simulate, simulate_days
@@ -165,13 +179,22 @@ def load_book(data_cfg) -> Book:
     if len(entries) == 1 and (entries[0] is None or not Path(str(entries[0])).expanduser().is_dir()):
         # one file: exactly as before (a one-pair folder reads the same)
         levels = _levels(data_cfg, entries) if entries[0] is not None else data_cfg.levels
-        return _read_one(data_cfg, entries[0], levels)
+        return _size_hint(data_cfg, _read_one(data_cfg, entries[0], levels))
     files = _expand(src, data_cfg.path)
     if src == "lobster":
         _check_one_ticker(files, data_cfg.path)
     levels = _levels(data_cfg, files)
     books = [_read_one(data_cfg, f, levels) for f in files]  # each day validated on its own (file + row)
-    return books[0] if len(books) == 1 else concat_days(books)
+    return _size_hint(data_cfg, books[0] if len(books) == 1 else concat_days(books))
+
+
+def _size_hint(data_cfg, book: Book) -> Book:
+    """hftbacktest events with fractional sizes and no lot size: one printed line (the market's
+    quote sizes are then in the file's units, e.g. coins)."""
+    if book.meta.get("fractional_sizes"):
+        print(f"{book.source}: fractional sizes read as they are; set data.hftbacktest.lot_size (the exchange's "
+              "quantity step) to read them in whole lots")
+    return book
 
 
 def build_windows(data_cfg, book: Book | None = None) -> WindowSet:

@@ -86,12 +86,12 @@ def datasets(ecfg) -> list[tuple[str, dict]]:
 
 def dataset_config(base: DictConfig, overrides: dict, run_dir: Path, seed: int, name: str) -> DictConfig:
     """The ``fit`` config of one dataset and training seed (unknown keys name the dataset)."""
-    from .config import _check_keys, _merge, _validate
+    from .config import check_keys, merge, validate
 
-    _check_keys(overrides, f"evaluate dataset '{name}'")
-    cfg = _merge(base, OmegaConf.create(overrides), f"evaluate dataset '{name}'")
+    check_keys(overrides, f"evaluate dataset '{name}'")
+    cfg = merge(base, OmegaConf.create(overrides), f"evaluate dataset '{name}'")
     cfg.run.dir, cfg.run.seed = str(run_dir), int(seed)
-    _validate(cfg)
+    validate(cfg)
     return cfg
 
 

@@ -15,6 +15,15 @@ p10 is the cleaner figure; the ratio uses medians). The book is the synthetic ma
 teacher's measurement (4000 snapshots, the data defaults at the model's window and levels); the
 decision rows are the ends of the first 8 test windows, as for the teacher.
 
+Inside numba (what an ``@njit`` strategy loop pays, no Python call in between): the whole path
+book state → window → predictions → quotes (``market.hft_strategy.cmm_quote``: window, fused
+kernel, signals, quoting rule; target ≤ 10 µs), book → predictions (``export.book_decision``) and
+the kernel alone (``export.cmm_kernel``), each a compiled loop of ``--block`` calls timed with
+``time.perf_counter_ns`` around it (median and p10 of the per-call mean over the blocks). Then
+what bounds it: the model's multiply-adds and weight bytes, the FLOP rate the kernel reaches,
+and plain numba reference rates on this CPU — an L1-resident axpy and dot-product block of the
+kernel's own shape, and the read bandwidth from L2 (the weights do not fit in L1).
+
 Teacher (``--teacher-threads``, default 1: on a shared CPU more threads made it 10× slower here):
 ``package`` uses ``cmm_lightning.teacher`` (its dtype policy, prompt
 template and prefix KV cache: render the window → tokenize → features), ``standin`` loads the
@@ -32,6 +41,10 @@ import time
 
 import numpy as np
 import torch
+from numba import njit
+
+from cmm_lightning.export import book_decision, cmm_kernel
+from cmm_lightning.market.hft_strategy import cmm_quote
 
 
 def per_call_us(fn, arg, calls: int, warmup: int = 500) -> tuple[float, float]:
@@ -47,6 +60,13 @@ def per_call_us(fn, arg, calls: int, warmup: int = 500) -> tuple[float, float]:
             ts[i] = pc() - t
     ts /= 1e3
     return float(np.median(ts)), float(np.percentile(ts, 10))
+
+
+def default_levels(dc) -> int:
+    """``data.levels`` of a DataConfig (None: the synthetic market's default depth)."""
+    from cmm_lightning.data.synthetic import DEFAULT_LEVELS
+
+    return DEFAULT_LEVELS if dc.levels is None else int(dc.levels)
 
 
 def decision_book(window: int, n_features: int):
@@ -65,7 +85,156 @@ def decision_book(window: int, n_features: int):
     return w.book, w.end[w.indices("test")[:8]], w
 
 
-def cmm_latency(path: str | None, calls: int) -> dict:
+
+# ----------------------------------------------------------------------------- inside numba
+@njit(cache=True)
+def _loop_quotes(n, bk, kw, rows, T, prm, sp, bb, ba, scratch, pred):
+    """``n`` decisions book → quotes (rows in turn; best prices of the row, flat inventory)."""
+    acc = 0.0
+    for i in range(n):
+        k = i % rows.shape[0]
+        bp, bs, ap, az = cmm_quote(bk, kw, rows[k], T, prm, sp, bb[k], ba[k], 0.0, scratch, pred)
+        acc += bp + bs + ap + az
+    return acc
+
+
+@njit(cache=True)
+def _loop_book(n, bk, kw, rows, T, scratch, pred):
+    for i in range(n):
+        book_decision(*bk, rows[i % rows.shape[0]], T, *kw, scratch, pred)
+    return pred[0]
+
+
+@njit(cache=True)
+def _loop_kernel(n, x, kw, pred, work):
+    for i in range(n):
+        cmm_kernel(x, *kw, pred, work)
+    return pred[0]
+
+
+@njit(cache=True, fastmath=True)
+def _axpy(n, y, w):
+    """y += a·w, n times, L1-resident (the outer-product inner loop)."""
+    for r in range(n):
+        a = np.float32(1e-7 * (r & 7))
+        for c in range(y.shape[0]):
+            y[c] += a * w[c]
+    return y[0]
+
+
+@njit(cache=True, fastmath=True)
+def _dots(n, v, w, y):
+    """y[q] = Σ_m v[m] w[q, m], 8 rows per pass, n times, L1-resident (the kernel's dot-product
+    block at conv2's shape)."""
+    Q, M = w.shape
+    for r in range(n):
+        for q in range(0, Q - 7, 8):
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+            for m in range(M):
+                t = v[m]
+                a0 += t * w[q, m]
+                a1 += t * w[q + 1, m]
+                a2 += t * w[q + 2, m]
+                a3 += t * w[q + 3, m]
+                a4 += t * w[q + 4, m]
+                a5 += t * w[q + 5, m]
+                a6 += t * w[q + 6, m]
+                a7 += t * w[q + 7, m]
+            y[q], y[q + 1], y[q + 2], y[q + 3] = a0, a1, a2, a3
+            y[q + 4], y[q + 5], y[q + 6], y[q + 7] = a4, a5, a6, a7
+        v[0] += y[0] * np.float32(1e-30)  # a dependency between repeats
+    return y[0]
+
+
+@njit(cache=True, fastmath=True)
+def _fma(n, a):
+    """x = x·b + c over 192 floats, n times: 12 independent 16-lane FMA chains. The trip count is a
+    compile-time constant, so LLVM keeps x in registers: the vector FMA peak of this core. (With
+    ``range(x.shape[0])`` instead, x goes through memory every pass and the same loop runs ~4x
+    slower: the kernel's loops have run-time trip counts, and accumulators LLVM must keep in memory
+    or reduce horizontally.)"""
+    b = np.float32(0.9999999)
+    c = np.float32(1e-7)
+    x = a.copy()
+    for r in range(n):
+        for i in range(192):
+            x[i] = x[i] * b + c
+    return x.sum()
+
+
+@njit(cache=True, fastmath=True)
+def _read(n, a):
+    """Sum ``a`` n times: the read bandwidth of wherever ``a`` lives."""
+    t = np.float32(0.0)
+    for r in range(n):
+        acc = np.float32(0.0)
+        for i in range(a.shape[0]):
+            acc += a[i]
+        t += acc
+    return t
+
+
+def block_us(fn, block: int, blocks: int) -> tuple[float, float]:
+    """(median, p10) µs per call of ``fn(block)`` (a compiled loop of ``block`` calls) over ``blocks`` blocks."""
+    fn(block)  # compile / warm
+    pc, ts = time.perf_counter_ns, np.empty(blocks)
+    for i in range(blocks):
+        t = pc()
+        fn(block)
+        ts[i] = (pc() - t) / block / 1e3
+    return float(np.median(ts)), float(np.percentile(ts, 10))
+
+
+def model_cost(model) -> dict:
+    """Multiply-adds per decision of the fused kernel (unpadded) and the bytes of its weights."""
+    st = model.spec["students"]
+    S, T, F, C, d, k = (int(st[n]) for n in ("n_students", "window", "n_features", "channels", "hidden", "kernel"))
+    P = T // k
+    no = 3 + int(st.get("proj_dim", 0))
+    G = int(model.spec.get("gate_hidden", 1))
+    macs = {"conv1": P * k * F * S * C, "conv2": S * P * C * d, "head": S * d * no}
+    if model.uses_gate:
+        macs["gate"] = T * F * G + G * S
+    if model.uses_hajek:
+        macs["hajek"] = S * (S - 1) // 2 * (no - 3)
+    weight_bytes = sum(a.nbytes for a in model.kernel_args() if isinstance(a, np.ndarray))
+    return {"macs": macs, "mac_total": sum(macs.values()), "weight_bytes": weight_bytes}
+
+
+def reference_rates(block: int, blocks: int) -> dict:
+    """Plain numba rates on this CPU, one thread: axpy and dot blocks in L1, reads from L1 / L2."""
+    rng = np.random.default_rng(0)
+    y, w = np.zeros(224, np.float32), rng.random(224).astype(np.float32)
+    t_axpy = block_us(lambda n: _axpy(n * 50, y, w), block, blocks)[1] / 50
+    v, W, q = rng.random(96).astype(np.float32), rng.random((48, 96)).astype(np.float32), np.zeros(48, np.float32)
+    t_dot = block_us(lambda n: _dots(n * 10, v, W, q), block, blocks)[1] / 10
+    a_l1, a_l2 = rng.random(8 * 1024).astype(np.float32), rng.random(100 * 1024).astype(np.float32)
+    t_l1 = block_us(lambda n: _read(n * 10, a_l1), block, blocks)[1] / 10
+    t_l2 = block_us(lambda n: _read(n, a_l2), block, blocks)[1]
+    f = rng.random(192).astype(np.float32)
+    t_fma = block_us(lambda n: _fma(n * 100, f), block, blocks)[1] / 100
+    return {"fma_gflops": 2 * 192 / t_fma / 1e3, "axpy_gflops": 2 * 224 / t_axpy / 1e3,
+            "dot_gflops": 2 * 48 * 96 / t_dot / 1e3,
+            "read_l1_gbs": a_l1.nbytes / t_l1 / 1e3, "read_l2_gbs": a_l2.nbytes / t_l2 / 1e3}
+
+
+def numba_latency(model, book, rows, block: int, blocks: int) -> dict:
+    """Book → quotes, book → predictions and the kernel alone, each in a compiled loop."""
+    from cmm_lightning.market.hft_strategy import hft_market_config, strategy_args
+
+    ts, bk, kw, T, prm, sp, scratch, pred = strategy_args(model, book, hft_market_config(), 40.0)
+    rows = np.asarray(rows, np.int64)
+    bb, ba = np.ascontiguousarray(book.bid_px[rows, 0]), np.ascontiguousarray(book.ask_px[rows, 0])
+    out = {"quotes": block_us(lambda n: _loop_quotes(n, bk, kw, rows, T, prm, sp, bb, ba, scratch, pred),
+                              block, blocks),
+           "book": block_us(lambda n: _loop_book(n, bk, kw, rows, T, scratch, pred), block, blocks)}
+    n = model._window_size()
+    x, work = scratch[:n].copy(), np.zeros(scratch.shape[0] - n, np.float32)
+    out["kernel"] = block_us(lambda n: _loop_kernel(n, x, kw, pred, work), block, blocks)
+    return out
+
+
+def cmm_latency(path: str | None, calls: int, block: int = 50, blocks: int = 400) -> dict:
     from cmm_lightning.config import DataConfig, MoEConfig, StudentsConfig
     from cmm_lightning.export import book_decision_latency_us, decision_latency_us, load_cmm, random_cmm
 
@@ -74,7 +243,7 @@ def cmm_latency(path: str | None, calls: int) -> dict:
         src = path
     else:
         sc, mc, dc = StudentsConfig(), MoEConfig(), DataConfig()
-        model = random_cmm(n_students=9, window=dc.window, n_features=4 * dc.levels + 3, hidden=sc.hidden,
+        model = random_cmm(n_students=9, window=dc.window, n_features=4 * default_levels(dc) + 3, hidden=sc.hidden,
                            channels=sc.channels, kernel=sc.kernel, embed_dim=mc.embed_dim,
                            gate_hidden=mc.gate_hidden, mode=mc.mode)
         src = "random weights, default shape"
@@ -94,13 +263,15 @@ def cmm_latency(path: str | None, calls: int) -> dict:
         traced = torch.jit.freeze(torch.jit.trace(model, x, check_trace=False))
         tr_med, tr_p10 = per_call_us(traced, x, max(calls // 4, 1000))
         err = float(np.abs(model.decide(xn) - model(x)[0].numpy()).max())
+        in_numba = numba_latency(model, book, rows, block, blocks) if model.spec["students"]["encoder"] == "tcn" else {}
     finally:
         torch.set_num_threads(threads)
     params = sum(p.numel() for p in model.students.parameters()) // S
     return {"source": src, "students": S, "encoder": st["encoder"], "mode": model.mode, "params_per_student": params,
             "book_us": book_med, "book_p10_us": book_p10, "book_vs_decide_max_abs_diff": book_err,
             "fused_us": fused_med, "fused_p10_us": fused_p10, "traced_us": tr_med, "traced_p10_us": tr_p10,
-            "fused_vs_forward_max_abs_diff": err}
+            "fused_vs_forward_max_abs_diff": err, "in_numba": in_numba,
+            "cost": model_cost(model) if in_numba else None}
 
 
 def teacher_package_us(dtype: str, n: int = 8) -> tuple[float, str]:
@@ -162,13 +333,15 @@ def main() -> None:
     ap.add_argument("--teacher", default="auto", choices=("auto", "package", "standin", "none"))
     ap.add_argument("--teacher-dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     ap.add_argument("--calls", type=int, default=20_000)
+    ap.add_argument("--block", type=int, default=50, help="calls per timed compiled loop (inside-numba figures)")
+    ap.add_argument("--blocks", type=int, default=400, help="timed compiled loops (inside-numba figures)")
     ap.add_argument("--teacher-threads", type=int, default=1,
                     help="torch threads for the teacher (on a shared, loaded CPU 1 is its fastest; 0: default)")
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     args = ap.parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"CPU threads: {torch.get_num_threads()} (CMM timed on 1), load average {load:.2f}")
-    cmm = cmm_latency(args.cmm, args.calls)
+    cmm = cmm_latency(args.cmm, args.calls, args.block, args.blocks)
     print(f"CMM [{cmm['source']}]: {cmm['students']} {cmm['encoder']} students ({cmm['params_per_student']:,} "
           f"params each), mode {cmm['mode']}")
     print(f"  book rows -> predictions:   median {cmm['book_us']:8.1f} µs   p10 {cmm['book_p10_us']:8.1f} µs"
@@ -178,6 +351,29 @@ def main() -> None:
     print(f"  torch forward, traced:      median {cmm['traced_us']:8.1f} µs   p10 {cmm['traced_p10_us']:8.1f} µs")
     print(f"  fused vs forward max |Δ|: {cmm['fused_vs_forward_max_abs_diff']:.2e}; "
           f"decide_book vs decide(WindowSet.inputs) max |Δ|: {cmm['book_vs_decide_max_abs_diff']:.1e}")
+    nb = cmm["in_numba"]
+    if nb:
+        cost = cmm["cost"]
+        ref = reference_rates(args.block, max(args.blocks // 4, 50))
+        q, b, k = nb["quotes"], nb["book"], nb["kernel"]
+        print(f"inside numba ({args.blocks} compiled loops of {args.block} calls; per-call mean of a loop):")
+        print(f"  book -> quotes:             median {q[0]:8.2f} µs   p10 {q[1]:8.2f} µs   (hft_strategy.cmm_quote: "
+              f"window, kernel, signals, quoting rule; target <= 10 µs: {'met' if q[0] <= 10 else 'MISSED'})")
+        print(f"  book -> predictions:        median {b[0]:8.2f} µs   p10 {b[1]:8.2f} µs   (export.book_decision)")
+        print(f"  model only:                 median {k[0]:8.2f} µs   p10 {k[1]:8.2f} µs   (export.cmm_kernel; "
+              f"the window alone ≈ {b[1] - k[1]:.2f} µs)")
+        mf = 2 * cost["mac_total"]
+        parts = ", ".join(f"{n} {v:,}" for n, v in cost["macs"].items())
+        print(f"  the kernel: {cost['mac_total']:,} multiply-adds ({parts}) = {mf / 1e6:.2f} MFLOP, "
+              f"{cost['weight_bytes'] / 1024:.0f} KB of weights (padded) per decision")
+        print(f"  reached: {mf / k[1] / 1e3:.0f} GFLOP/s (p10); numba reference, one core: FMA chains in registers "
+              f"{ref['fma_gflops']:.0f} (the vector peak), axpy {ref['axpy_gflops']:.0f}, 8-row dot block "
+              f"{ref['dot_gflops']:.0f} GFLOP/s in L1; reads {ref['read_l1_gbs']:.0f} GB/s from L1, "
+              f"{ref['read_l2_gbs']:.0f} GB/s from L2")
+        print(f"  floors: the weights from L2 {cost['weight_bytes'] / ref['read_l2_gbs'] / 1e3:.2f} µs; the FLOPs at "
+              f"the vector peak {mf / ref['fma_gflops'] / 1e3:.2f} µs, at the dot-block rate "
+              f"{mf / ref['dot_gflops'] / 1e3:.2f} µs")
+        cmm["reference"] = ref
     result = {"cmm": cmm, "load_average": load}
     if args.teacher != "none":
         if args.teacher_threads > 0:

@@ -430,3 +430,77 @@ def test_bad_inputs_are_clear():
         run_backtest(b, [2, 1], [[0, 2, 10, 0]] * 2, cfg())
     with pytest.raises(CMMInputError, match=r"\[D, 4\]"):
         run_backtest(b, [0, 1], [[0, 2, 10, 0]], cfg())
+
+
+def test_fill_models_share_one_interface():
+    # one module per fill model (market/engine/<name>.py), every registered name has one, each
+    # with the same members; the model's id reaches the parameter vector
+    from cmm_lightning.market.engine import FILL_MODELS, params
+    from cmm_lightning.market.engine.model import MODELS
+    from cmm_lightning.market.quoting import P_MODEL
+
+    assert sorted(MODELS) == sorted(FILL_MODELS.spec(n) for n in FILL_MODELS.names())
+    for name in FILL_MODELS.names():
+        mod = MODELS[FILL_MODELS.spec(name)]
+        assert mod.__name__ == f"cmm_lightning.market.engine.{name}"
+        for member in ("ALWAYS_NS", "STRICT_ARRIVAL", "MODIFY_KEEPS_QUEUE", "UNSEEN_QUEUE", "configure",
+                       "print_fill", "trader_inventory"):
+            assert hasattr(mod, member), (name, member)
+        assert params(cfg(fill_model=name), 1.0)[P_MODEL] == FILL_MODELS.spec(name)
+    with pytest.raises(CMMInputError, match="fill_model"):
+        params(cfg(fill_model="hftbacktes"), 1.0)
+
+
+def test_episode_state_is_named():
+    # the per-episode account comes back as named columns (metrics reads them, not slot numbers)
+    b = make_book(bid=[99, 99, 99, 102, 99, 99], ask=[101, 101, 100, 103, 101, 101])
+    res = run_backtest(b, [0, 3], [[100, 10, 102, 10], [99, 5, 102, 5]], cfg(episode_length=3), end_row=6,
+                       raw_quotes=True)
+    st = res.extra["episode_state"]
+    assert st._fields[:3] == ("cash", "inventory", "mark") and len(st.n_fills) == len(res.episodes) == 2
+    assert int(st.n_fills.sum()) == len(res.fills) == res.metrics["total_trades"]
+    assert [int(n) for n in st.n_placed] == [m["n_orders"] for m in res.episode_metrics]
+
+
+def test_no_import_circle_in_market():
+    # every import inside cmm_lightning.market (module level or inside a function) points one way
+    import ast
+    from pathlib import Path
+
+    import cmm_lightning.market as market
+
+    root = Path(market.__file__).parent
+    pkg = "cmm_lightning.market"
+    mods = {}
+    for f in root.rglob("*.py"):
+        rel = f.relative_to(root).with_suffix("").parts
+        name = ".".join((pkg,) + (rel[:-1] if rel[-1] == "__init__" else rel))
+        mods[name] = (f, rel[-1] == "__init__")
+    graph = {m: set() for m in mods}
+    for m, (f, is_pkg) in mods.items():
+        here = m if is_pkg else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(f.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = here.split(".")
+                    base = ".".join(up[:len(up) - node.level + 1] + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            graph[m] |= {t for t in targets if t in mods and t != m}
+    state = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for t in graph[m]:
+            assert state.get(t) != 1, "import circle: " + " -> ".join(path + [t])
+            if t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert "cmm_lightning.market.engine" not in graph["cmm_lightning.market.metrics"]

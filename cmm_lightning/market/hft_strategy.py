@@ -12,7 +12,7 @@ to the quotes:
    (:func:`cmm_signals`: m̂ = predicted mid move, ŝ = predicted spread,
    v̂ = base_size · max(expm1(volume), 0) / volume_ref, η = eta),
 4. the quoting rule :func:`~cmm_lightning.market.quoting.quote` with the market parameter vector
-   ``quoting.params(cfg, tick)`` → ``(bid ticks, bid size, ask ticks, ask size)``.
+   ``engine.params(cfg, tick)`` → ``(bid ticks, bid size, ask ticks, ask size)``.
 
 It takes plain arrays and scalars, so any numba code can call it: an hftbacktest strategy loop
 passes the best bid / ask ticks of ``hbt.depth(0)`` and ``hbt.position(0)``, and finds the book row
@@ -120,7 +120,7 @@ def cmm_quote(bk, kw, row, T, prm, sp, best_bid, best_ask, inv, scratch, pred): 
     """The CMM's whole decision at book row ``row``: window → fused kernel → signals → quotes.
 
     ``bk``, ``kw``, ``T``, ``scratch``, ``pred`` as :func:`cmm_predict` (``pred`` receives the
-    predictions); ``prm`` = ``quoting.params(cfg, tick)``, ``sp`` = :func:`signal_params`;
+    predictions); ``prm`` = ``engine.params(cfg, tick)``, ``sp`` = :func:`signal_params`;
     ``best_bid`` / ``best_ask`` (ticks) and ``inv`` (shares) as the trader sees them. Returns
     ``(bid_px, bid_size, ask_px, ask_size)`` (ticks, shares; size 0 = that side not quoted), the
     quoting rule with its own inventory rule (``inv ± size`` inside ``market.inventory_limit``).
@@ -147,7 +147,7 @@ def strategy_args(model, book, cfg=None, volume_ref: float | None = None) -> tup
     ``cfg`` (None: the defaults). ``volume_ref``: the mean traded volume of the train windows
     (``policies.train_volume_ref``), None: v̂ = base_size."""
     from ..data.windows import book_arrays as window_arrays
-    from .quoting import params
+    from .engine import params
 
     st = model.spec["students"]
     T, F = int(st["window"]), int(st["n_features"])

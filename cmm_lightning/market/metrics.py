@@ -1,4 +1,4 @@
-"""Backtest metrics as torchmetrics ``Metric``s (DESIGN §7), so they reduce correctly under DDP.
+"""Backtest metrics as torchmetrics ``Metric``s (docs/method.md, "Metrics"), so they reduce correctly under DDP.
 
 Each metric takes one *episode* per ``update`` and keeps the per-episode values in a ``cat``
 state: under DDP the episodes of all ranks are gathered, and ``compute()`` is the mean over
@@ -138,9 +138,9 @@ def aggregate(collection: MetricCollection) -> dict:
 
 
 def summarize_episodes(res) -> tuple[list, dict]:
-    """Per-episode metric dicts and the aggregate for a :class:`~.engine.BacktestResult`."""
-    from .engine import E_FEES, E_INV, E_NFILL, E_NFILLED, E_NPLACED, E_VOL
-
+    """Per-episode metric dicts and the aggregate for a ``BacktestResult``: its per-row
+    ``inventory``, ``step_equity(e)`` and ``extra['episode_state']`` (the engine's EpisodeState:
+    named [E] columns n_fills, n_placed, n_filled, volume, fees in ticks, inventory)."""
     coll = market_metrics(sync_on_compute=False)  # one local engine result: its own episodes only
     per = []
     st = res.extra["episode_state"]
@@ -148,12 +148,12 @@ def summarize_episodes(res) -> tuple[list, dict]:
     base = int(res.rows[0])
     for e, (s, t) in enumerate(res.episodes):
         eq = res.step_equity(e)  # starts at 0: the account is flat until the first decision acts
-        n_orders = int(st[e, E_NPLACED])
-        coll.update(equity=eq, inventory=res.inventory[s - base:t - base], n_trades=int(st[e, E_NFILL]),
-                    n_orders=n_orders, n_filled_orders=int(st[e, E_NFILLED]))
+        n_orders = int(st.n_placed[e])
+        coll.update(equity=eq, inventory=res.inventory[s - base:t - base], n_trades=int(st.n_fills[e]),
+                    n_orders=n_orders, n_filled_orders=int(st.n_filled[e]))
         per.append(dict(start_row=int(s), end_row=int(t), n_steps=len(eq) - 1, n_orders=n_orders,
-                        volume=float(st[e, E_VOL]), fees=float(st[e, E_FEES]) * tick,
-                        final_inventory=float(st[e, E_INV])))
+                        volume=float(st.volume[e]), fees=float(st.fees[e]) * tick,
+                        final_inventory=float(st.inventory[e])))
     for name, m in coll.items():
         for d, v in zip(per, m.per_episode().tolist()):
             d[name] = int(v) if name == "n_trades" else float(v)

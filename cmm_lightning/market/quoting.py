@@ -23,12 +23,11 @@ import math
 import numpy as np
 from numba import njit
 
-from ..errors import CMMInputError
-
-# engine parameter vector [NP] (float64): the quoting part first, then the fill model, then the
-# tick size (currency per tick: the engine's equity path is written in currency)
+# engine parameter vector [NP] (float64, built by engine.params): the quoting part first, then the
+# fill model (P_MODEL: its id, market.fill_model), then the tick size (currency per tick: the
+# engine's equity path is written in currency)
 (P_C, P_MIN, P_MAX, P_LIMIT, P_LOT, P_MAKER, P_TAKER, P_LAT, P_LATNS, P_POSTONLY,
- P_PARTIAL, P_DEPTHCAP, P_MSGS, P_HFT, P_RESPNS, P_TICK) = range(16)
+ P_PARTIAL, P_DEPTHCAP, P_MSGS, P_MODEL, P_RESPNS, P_TICK) = range(16)
 NP = 16
 EPS = 1e-9  # floor/ceil tolerance: p − δ = 99.999999999 still quotes 100
 
@@ -64,41 +63,6 @@ def _limit_raw(limit, inv, bp, bsz, ap, asz):
     if not (inv - asz >= -limit - EPS):
         asz = 0.0
     return bp, bsz, ap, asz
-
-
-def params(cfg, tick_size: float, has_messages: bool = False) -> np.ndarray:
-    """``MarketConfig`` (None: the defaults) -> the float64 parameter vector (fees converted to
-    ticks per share)."""
-    from ..config import MarketConfig
-    from ..registry import FILL_MODELS
-
-    cfg = MarketConfig() if cfg is None else cfg
-    prm = np.zeros(NP)
-    prm[P_C] = float(cfg.spread_mult)
-    prm[P_MIN] = float(cfg.min_size)
-    prm[P_MAX] = float(cfg.max_size)
-    prm[P_LIMIT] = float(cfg.inventory_limit)
-    prm[P_LOT] = float(cfg.lot_size)
-    prm[P_MAKER] = float(cfg.maker_fee) / tick_size
-    prm[P_TAKER] = float(cfg.taker_fee) / tick_size
-    prm[P_LAT] = float(cfg.latency)
-    prm[P_LATNS] = float(cfg.latency_ns)
-    prm[P_POSTONLY] = float(bool(cfg.post_only))
-    prm[P_PARTIAL] = float(bool(cfg.partial_fills))
-    prm[P_DEPTHCAP] = float(bool(cfg.queue_depth_cap))
-    prm[P_MSGS] = float(has_messages)
-    prm[P_RESPNS] = float(cfg.response_latency_ns)
-    prm[P_TICK] = float(tick_size)
-    if FILL_MODELS.check(str(cfg.fill_model)) == "hftbacktest":  # risk_adverse queue + no partial fill + GTX
-        prm[P_HFT], prm[P_POSTONLY], prm[P_PARTIAL], prm[P_DEPTHCAP] = 1.0, 1.0, 0.0, 1.0
-        if prm[P_LATNS] < 0 or prm[P_RESPNS] < 0:
-            raise CMMInputError("config: market.latency_ns and market.response_latency_ns must be >= 0")
-    elif prm[P_LATNS] <= 0 and prm[P_LAT] < 1:
-        raise CMMInputError(f"config: market.latency={cfg.latency} must be >= 1 snapshot "
-                            "(a decision sees row d; acting on row d itself would look ahead)")
-    if prm[P_LOT] <= 0 or prm[P_MIN] > prm[P_MAX]:
-        raise CMMInputError("config: need market.lot_size > 0 and market.min_size <= market.max_size")
-    return prm
 
 
 def quotes_np(prm: np.ndarray, best_bid, best_ask, inv, signals) -> np.ndarray:

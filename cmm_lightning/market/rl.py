@@ -49,7 +49,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from ..errors import CMMInputError
 from ..io import atomic_path
 from ..training import mark_done, reusable
-from .engine import F_CASH, F_INV, I_NLOG, Engine, advance, decide, default_end_row, fills_table, reset, submit
+from .engine import Engine, advance, decide, default_end_row, equity, fills_table, inventory, restart, submit
 from .episodes import episode_bounds, resolve_episode_length, typical_rows
 
 OBS_VERSION = "rl-obs-v1"
@@ -212,9 +212,7 @@ class RLTask:
 def _start(bk, prm, fs, is_, pi, pf, dec, eps, ep, log_i, log_f, no_eq):
     """Episode ``ep`` from flat at its start row, advanced through its first decision row
     (as ``run_engine``; the fills log keeps counting). Returns (first decision j, logs)."""
-    nlog = is_[I_NLOG]
-    reset(fs, is_, eps[ep, 0])
-    is_[I_NLOG] = nlog
+    restart(fs, is_, eps[ep, 0])
     j = eps[ep, 1]
     log_i, log_f = advance(bk, prm, fs, is_, pi, pf, dec[j] + 1, log_i, log_f, no_eq, no_eq, 0)
     return j, log_i, log_f
@@ -227,7 +225,7 @@ def _reset_envs(bk, prm, FS, IS, PI, PF, dec, eps, env_ep, env_j, eq, log_i, log
         env_j[e], log_i, log_f = _start(bk, prm, FS[e], IS[e], PI[e], PF[e], dec, eps, env_ep[e], log_i, log_f,
                                         no_eq)
         d = dec[env_j[e]]
-        eq[e] = FS[e, F_CASH] + FS[e, F_INV] * 0.5 * (bk[1][d, 0] + bk[3][d, 0])
+        eq[e] = equity(FS[e], 0.5 * (bk[1][d, 0] + bk[3][d, 0]))
     return log_i, log_f
 
 
@@ -248,8 +246,8 @@ def _step_envs(bk, prm, FS, IS, PI, PF, dec, dec_ts, eps, env_ep, env_j, eq, sig
         fin = j + 1 >= eps[ep, 2]
         r1 = eps[ep, 3] if fin else dec[j + 1] + 1
         log_i, log_f = advance(bk, prm, FS[e], IS[e], PI[e], PF[e], r1, log_i, log_f, no_eq, no_eq, 0)
-        now = FS[e, F_CASH] + FS[e, F_INV] * 0.5 * (bpx[r1 - 1, 0] + apx[r1 - 1, 0])
-        pnl[e], inv[e], mark[e], done[e] = now - eq[e], FS[e, F_INV], now, fin
+        now = equity(FS[e], 0.5 * (bpx[r1 - 1, 0] + apx[r1 - 1, 0]))
+        pnl[e], inv[e], mark[e], done[e] = now - eq[e], inventory(FS[e]), now, fin
         eq[e] = now
         if fin:
             env_ep[e] = next_ep[e]
@@ -304,7 +302,7 @@ class MarketMakingVecEnv(VecEnv):
         return np.minimum(1.0, (self.eps[self.env_ep, 3] - self.dec[self.env_j]) / self.task.horizon)
 
     def _obs(self) -> np.ndarray:
-        return self.task.observe(self.idx, self.env_j, self.engine.FS[:, F_INV], self.time_left())
+        return self.task.observe(self.idx, self.env_j, self.engine.inventory, self.time_left())
 
     def reset_to(self, episodes) -> np.ndarray:
         """Start env i on episode ``episodes[i]``; returns the observations."""
@@ -349,7 +347,7 @@ class MarketMakingVecEnv(VecEnv):
 
     def fills(self) -> np.ndarray:
         """The fills log (``log_fills``), as :func:`run_backtest`'s ``fills`` table."""
-        return fills_table(*self._log, int(self.engine.IS[0, I_NLOG]), self.task.tick)
+        return fills_table(*self._log, int(self.engine.n_logged[0]), self.task.tick)
 
     # ------------------------------------------------------------------ VecEnv plumbing
     def seed(self, seed: int | None = None):

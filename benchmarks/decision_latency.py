@@ -17,8 +17,8 @@ decision rows are the ends of the first 8 test windows, as for the teacher.
 
 Inside numba (what an ``@njit`` strategy loop pays, no Python call in between): the whole path
 book state → window → predictions → quotes (``market.hft_strategy.cmm_quote``: window, fused
-kernel, signals, quoting rule; target ≤ 10 µs), book → predictions (``export.book_decision``) and
-the kernel alone (``export.cmm_kernel``), each a compiled loop of ``--block`` calls timed with
+kernel, signals, quoting rule; target ≤ 10 µs), book → predictions (``fused_kernel.book_decision``) and
+the kernel alone (``fused_kernel.cmm_kernel``), each a compiled loop of ``--block`` calls timed with
 ``time.perf_counter_ns`` around it (median and p10 of the per-call mean over the blocks). Then
 what bounds it: the model's multiply-adds and weight bytes, the FLOP rate the kernel reaches,
 and plain numba reference rates on this CPU — an L1-resident axpy and dot-product block of the
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from cmm_lightning.export import book_decision, cmm_kernel
+from cmm_lightning.fused_kernel import book_decision, cmm_kernel
 from cmm_lightning.market.hft_strategy import cmm_quote
 
 
@@ -359,8 +359,8 @@ def main() -> None:
         print(f"inside numba ({args.blocks} compiled loops of {args.block} calls; per-call mean of a loop):")
         print(f"  book -> quotes:             median {q[0]:8.2f} µs   p10 {q[1]:8.2f} µs   (hft_strategy.cmm_quote: "
               f"window, kernel, signals, quoting rule; target <= 10 µs: {'met' if q[0] <= 10 else 'MISSED'})")
-        print(f"  book -> predictions:        median {b[0]:8.2f} µs   p10 {b[1]:8.2f} µs   (export.book_decision)")
-        print(f"  model only:                 median {k[0]:8.2f} µs   p10 {k[1]:8.2f} µs   (export.cmm_kernel; "
+        print(f"  book -> predictions:        median {b[0]:8.2f} µs   p10 {b[1]:8.2f} µs   (fused_kernel.book_decision)")
+        print(f"  model only:                 median {k[0]:8.2f} µs   p10 {k[1]:8.2f} µs   (fused_kernel.cmm_kernel; "
               f"the window alone ≈ {b[1] - k[1]:.2f} µs)")
         mf = 2 * cost["mac_total"]
         parts = ", ".join(f"{n} {v:,}" for n, v in cost["macs"].items())

@@ -3,7 +3,7 @@
     python benchmarks/hft_compare.py [--tiles 10] [--entry-ns 1000000] [--resp-ns 1000000]
                                      [--interval-ns 100000000] [--repeats 3] [--path DIR]
 
-Both engines run the same fixed-spread policy (``cmm_lightning.data.hftbacktest``) on the same
+Both engines run the same fixed-spread policy (``cmm_lightning.market.hft_agreement``) on the same
 book: hftbacktest 2.4.x on the converted event array (``HashMapMarketDepthBacktest``, risk-averse
 queue, no partial fills, constant order latency), ours with ``market.fill_model=hftbacktest``. A bare
 numba loop that only reads every row (best prices, trade fields) is the floor. Rows are LOBSTER
@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from cmm_lightning.data.hftbacktest import (book_to_events, pnl_from_fills, run_fixed_spread_engine,
-                                            run_fixed_spread_hftbacktest, same_fills, tile_book)
+from cmm_lightning.data.hft_events import book_to_events
+
+from cmm_lightning.market.hft_agreement import (pnl_from_fills, run_fixed_spread_engine,
+                                                run_fixed_spread_hftbacktest, same_fills, tile_book)
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "lobster"
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from cmm_lightning.config import load_config
 from cmm_lightning.data import build_windows
-from cmm_lightning.market.rl import RLTask
+from cmm_lightning.market.rl_env import RLTask
 
 
 def rate(fn, n_per_call: int, seconds: float) -> float:

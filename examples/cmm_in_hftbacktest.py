@@ -9,7 +9,7 @@ What it does:
 
 1. **Data.** Reads the LOBSTER orderbook + message files (``--data``: a folder or either file) into a
    ``Book`` (``cmm_lightning.data.lobster.read_lobster``): the CMM builds its input windows from the
-   Book's rows. hftbacktest replays events, not rows: ``cmm_lightning.data.hftbacktest.book_to_events
+   Book's rows. hftbacktest replays events, not rows: ``cmm_lightning.data.hft_events.book_to_events
    (book)`` converts the Book into hftbacktest's event array (``hftbacktest.event_dtype``: row 0 as a
    depth snapshot, then per row its trade and its depth diff; prices in currency). ``--events
    FILE.npz`` saves it with ``np.savez_compressed(FILE, data=events)`` — the format
@@ -70,7 +70,7 @@ def run_horizon(cmm_path: str | None) -> int | None:
 
 
 def load_events(book, path: str | None) -> np.ndarray:
-    from cmm_lightning.data.hftbacktest import book_to_events
+    from cmm_lightning.data.hft_events import book_to_events
 
     if path and Path(path).is_file():
         events = np.load(path)["data"]
@@ -81,7 +81,7 @@ def load_events(book, path: str | None) -> np.ndarray:
         return events
     t0 = time.perf_counter()
     events = book_to_events(book)
-    print(f"events: {len(events):,} converted in {time.perf_counter() - t0:.2f} s (data.hftbacktest.book_to_events)")
+    print(f"events: {len(events):,} converted in {time.perf_counter() - t0:.2f} s (data.hft_events.book_to_events)")
     if path:
         np.savez_compressed(path, data=events)
         print(f"        saved to {path}")
@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--compare", action="store_true", help="also run our engine and check fill-for-fill agreement")
     args = ap.parse_args(argv)
 
-    from cmm_lightning.data.hftbacktest import pnl_from_fills, same_fills
+    from cmm_lightning.market.hft_agreement import pnl_from_fills, same_fills
     from cmm_lightning.data.lobster import read_lobster
     from cmm_lightning.data.windows import make_windows
     from cmm_lightning.export import load_cmm, random_cmm

@@ -9,7 +9,8 @@ from numba import njit
 from cmm_lightning.data.lob import Book
 from cmm_lightning.data.synthetic import simulate
 from cmm_lightning.data.windows import book_arrays, make_windows, window_from_book
-from cmm_lightning.export import book_decision, book_decision_latency_us, random_cmm
+from cmm_lightning.export import book_decision_latency_us, random_cmm
+from cmm_lightning.fused_kernel import book_decision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

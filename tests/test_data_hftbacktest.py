@@ -24,9 +24,10 @@ from omegaconf import OmegaConf
 
 from cmm_lightning.config import load_config
 from cmm_lightning.data import dataset_paths, load_book
-from cmm_lightning.data.hftbacktest import (BUY_EVENT, DEPTH_BBO_EVENT, DEPTH_CLEAR_EVENT, DEPTH_EVENT,
-                                            DEPTH_SNAPSHOT_EVENT, EVENT_DTYPE, EXCH_EVENT, LOCAL_EVENT, SELL_EVENT,
-                                            TRADE_EVENT, ADD_ORDER_EVENT, book_to_events, read_hftbacktest)
+from cmm_lightning.data.hft_events import (ADD_ORDER_EVENT, BUY_EVENT, DEPTH_BBO_EVENT, DEPTH_CLEAR_EVENT,
+                                           DEPTH_EVENT, DEPTH_SNAPSHOT_EVENT, EVENT_DTYPE, EXCH_EVENT,
+                                           LOCAL_EVENT, SELL_EVENT, TRADE_EVENT, book_to_events)
+from cmm_lightning.data.hftbacktest import read_hftbacktest
 from cmm_lightning.data.lob import Book
 from cmm_lightning.errors import CMMInputError
 

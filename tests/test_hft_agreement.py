@@ -1,6 +1,6 @@
 """Our engine (market.fill_model=hftbacktest) vs hftbacktest 2.4, fill for fill (issue 10).
 
-The same fixed-spread policy (cmm_lightning/data/hftbacktest.py: every 100 ms re-quote 100 shares at
+The same fixed-spread policy (cmm_lightning/market/hft_agreement.py: every 100 ms re-quote 100 shares at
 best bid - 1 / best ask + 1, GTX, limit ±500 counting orders that may still fill) runs in hftbacktest
 (HashMapMarketDepthBacktest, risk_adverse_queue_model, no_partial_fill_exchange, constant order
 latency) on the converted AMZN LOBSTER events and in our engine on the same Book. Fills (ts, side,
@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from cmm_lightning.config import MarketConfig
-from cmm_lightning.data import hftbacktest as event_format
-from cmm_lightning.data.hftbacktest import (book_to_events, fixed_spread_decisions, pnl_from_fills,
-                                            run_fixed_spread_engine, run_fixed_spread_hftbacktest, same_fills,
-                                            tile_book)
+from cmm_lightning.data import hft_events as event_format
+from cmm_lightning.data.hft_events import book_to_events
 from cmm_lightning.data.lob import Book
 from cmm_lightning.market.engine import run_backtest
+from cmm_lightning.market.hft_agreement import (fixed_spread_decisions, pnl_from_fills,
+                                                run_fixed_spread_engine, run_fixed_spread_hftbacktest,
+                                                same_fills, tile_book)
 
 from .helpers import AMZN
 
@@ -47,7 +48,7 @@ def both(book, **kw):
 
 # ------------------------------------------------------------------------------ converter
 def test_event_format_is_hftbacktests():
-    """The flags and the event layout written out in cmm_lightning.data.hftbacktest are hftbacktest's."""
+    """The flags and the event layout written out in cmm_lightning.data.hft_events are hftbacktest's."""
     for name in ("DEPTH_EVENT", "TRADE_EVENT", "DEPTH_CLEAR_EVENT", "DEPTH_SNAPSHOT_EVENT", "DEPTH_BBO_EVENT",
                  "ADD_ORDER_EVENT", "CANCEL_ORDER_EVENT", "MODIFY_ORDER_EVENT", "FILL_EVENT", "EXCH_EVENT",
                  "LOCAL_EVENT", "BUY_EVENT", "SELL_EVENT"):

@@ -16,9 +16,12 @@ import pytest
 import torch
 from numba import njit
 
-from cmm_lightning.data.hftbacktest import book_to_events, pnl_from_fills, same_fills
+from cmm_lightning.data.hft_events import book_to_events
+
+from cmm_lightning.market.hft_agreement import pnl_from_fills, same_fills
 from cmm_lightning.data.windows import book_arrays, make_windows
-from cmm_lightning.export import book_decision, random_cmm
+from cmm_lightning.export import random_cmm
+from cmm_lightning.fused_kernel import book_decision
 from cmm_lightning.market.hft_strategy import (D_ASZ, D_BA, D_BB, D_BPX, D_BSZ, D_MID, D_ROW, D_TS, D_VOL,
                                                cmm_clock_decisions, cmm_quote, cmm_signals, hft_market_config,
                                                last_row, run_cmm_engine, signal_params, strategy_args)

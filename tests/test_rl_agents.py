@@ -10,7 +10,8 @@ from cmm_lightning.config import load_config
 from cmm_lightning.data.synthetic import simulate
 from cmm_lightning.data.windows import make_windows
 from cmm_lightning.market import run_backtest
-from cmm_lightning.market.rl import RLTask, load_agent, rl_policies, rl_signals, train_agent
+from cmm_lightning.market.rl import load_agent, rl_policies, train_agent
+from cmm_lightning.market.rl_env import RLTask, rl_signals
 
 TOKEN = ["market.episode_length=300", "market.base_size=50", "rl.episode_length=200", "rl.timesteps=256",
          "rl.n_envs=4", "rl.n_steps=32", "rl.batch_size=64", "rl.n_epochs=1", "rl.eval_freq=128",

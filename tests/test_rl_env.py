@@ -8,7 +8,7 @@ from cmm_lightning.config import load_config
 from cmm_lightning.data.synthetic import simulate
 from cmm_lightning.data.windows import make_windows
 from cmm_lightning.market import run_backtest
-from cmm_lightning.market.rl import RLTask, rollout
+from cmm_lightning.market.rl_env import RLTask, rollout
 
 
 def rl_cfg(*extra):

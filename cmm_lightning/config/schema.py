@@ -201,7 +201,7 @@ class MarketConfig:
 
 @dataclass
 class RLConfig:
-    """PPO market makers rl_ppo / cmm_rl on the backtest engine (market/rl.py; README, "RL market makers")."""
+    """PPO market makers rl_ppo / cmm_rl on the backtest engine (market/rl_env.py, market/rl.py; README, "RL market makers")."""
 
     enabled: bool = True
     timesteps: int = 200_000  # at most; early-stopped on val (~20k env steps/s on one core)

@@ -29,7 +29,7 @@ Two implementations of the one input contract (the window ending at row ``e``, f
   float32 rounding boundary).
 
 This is the CMM's whole decision input from the same data the teacher renders its prompt from
-(``cmm_lightning.export.book_decision``).
+(``cmm_lightning.fused_kernel.book_decision``).
 """
 
 from __future__ import annotations

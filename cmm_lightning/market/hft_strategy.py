@@ -6,7 +6,7 @@ to the quotes:
 
 1. the model's input window ending at book row ``row``
    (:func:`~cmm_lightning.data.windows.window_from_book`),
-2. the fused students + Hájek-MoE kernel (:func:`~cmm_lightning.export.book_decision` with
+2. the fused students + Hájek-MoE kernel (:func:`~cmm_lightning.fused_kernel.book_decision` with
    ``*CMMDecision.kernel_args()``) → predictions ``(mid, spread, volume)``,
 3. predictions → signals exactly as :func:`cmm_lightning.market.policies.predictions`
    (:func:`cmm_signals`: m̂ = predicted mid move, ŝ = predicted spread,
@@ -21,7 +21,7 @@ of ``hbt.current_timestamp`` with :func:`last_row`. :func:`strategy_args` packs 
 :func:`run_cmm_hftbacktest` runs the CMM in hftbacktest's own backtester
 (``HashMapMarketDepthBacktest``, risk-averse queue, no partial fills, constant order latency,
 per-share fees) with the cancel / replace logic of the fixed-spread reference strategy
-(``cmm_lightning.data.hftbacktest``): every ``interval_ns`` cancel the live quotes and post the
+(``cmm_lightning.market.hft_agreement``): every ``interval_ns`` cancel the live quotes and post the
 new ones GTX (post-only); a side is quoted only if the position stays inside
 ``market.inventory_limit`` even if every order of that side that may still fill does fill.
 :func:`run_cmm_engine` runs the same decisions (same clock, same book rows, predictions from the
@@ -45,7 +45,7 @@ import time
 import numpy as np
 from numba import njit
 
-from ..export import book_decision
+from ..fused_kernel import book_decision
 from .quoting import EPS, P_LIMIT, quote
 
 # signal parameters: the float64 vector [3] cmm_signals / cmm_quote take (signal_params)
@@ -95,7 +95,7 @@ def last_row(ts, t, r):
 @njit(cache=True, nogil=True)
 def cmm_predict(bk, kw, row, T, scratch, pred):  # pragma: no cover - jit
     """The CMM's predictions at book row ``row`` → ``pred`` float32 [3] (mid, spread, volume): the
-    window ending at ``row`` and the fused kernel (:func:`~cmm_lightning.export.book_decision`).
+    window ending at ``row`` and the fused kernel (:func:`~cmm_lightning.fused_kernel.book_decision`).
     ``bk`` = :func:`~cmm_lightning.data.windows.book_arrays` (bid_px, bid_sz, ask_px, ask_sz,
     trade_sz, trade_side), ``kw`` = ``CMMDecision.kernel_args()``, ``T`` the model's window,
     ``scratch`` float32 [``CMMDecision.scratch_size()``]. A row without a full window
@@ -173,9 +173,9 @@ def hft_market_config(**kw):
 def cmm_clock_decisions(model, book, cfg=None, *, interval_ns: int = 100_000_000, volume_ref=None):
     """The CMM on hftbacktest's clock for our engine -> ``(dec_ts, rows, preds [D, 3] float32,
     signals [D, 4])``: decisions at ``ts[0] + k·interval_ns`` (k >= 1, up to ``ts[-1]``), each at
-    the last row at or before it (``data.hftbacktest.fixed_spread_decisions``' clock), predictions
+    the last row at or before it (``hft_agreement.fixed_spread_decisions``' clock), predictions
     from the compiled kernel (:func:`predict_rows`), signals from ``market.policies.predictions``."""
-    from ..data.hftbacktest import fixed_spread_decisions
+    from .hft_agreement import fixed_spread_decisions
     from .policies import predictions
 
     ts, bk, kw, T, _, _, scratch, _ = strategy_args(model, book, cfg, volume_ref)
@@ -189,7 +189,7 @@ def run_cmm_engine(model, book, cfg=None, *, interval_ns: int = 100_000_000, vol
     """The ``cmm`` policy in our engine on hftbacktest's clock (one episode: the whole book;
     ``cfg`` default :func:`hft_market_config`) -> ``(fills FILL_DTYPE sorted like sort_fills, final
     mid in ticks)``, or with ``result`` the ``BacktestResult`` (with metrics)."""
-    from ..data.hftbacktest import FILL_DTYPE, sort_fills
+    from .hft_agreement import FILL_DTYPE, sort_fills
     from .engine import run_backtest
 
     cfg = hft_market_config() if cfg is None else cfg
@@ -211,7 +211,7 @@ def run_cmm_engine(model, book, cfg=None, *, interval_ns: int = 100_000_000, vol
 def _hbt_loop():
     """The CMM as hftbacktest's numba strategy loop over ``elapse(interval)`` (compiled on first use:
     it takes hftbacktest's jitclass). The cancel / replace logic of the fixed-spread reference
-    strategy (``data.hftbacktest._hftbacktest_policy``); the quotes from :func:`cmm_quote`."""
+    strategy (``hft_agreement._hftbacktest_policy``); the quotes from :func:`cmm_quote`."""
     from hftbacktest import BUY, FILLED, GTX, LIMIT, NEW, NONE
 
     @njit
@@ -278,7 +278,7 @@ def _hbt_loop():
 def run_cmm_hftbacktest(model, book, events=None, cfg=None, *, interval_ns: int = 100_000_000,
                         volume_ref=None):
     """The CMM trading in hftbacktest's backtester on ``events`` (default
-    ``data.hftbacktest.book_to_events(book)``; the Book ``book`` is what the model reads its windows
+    ``data.hft_events.book_to_events(book)``; the Book ``book`` is what the model reads its windows
     from) -> ``(fills FILL_DTYPE sorted like sort_fills, state)``.
 
     ``cfg`` (default :func:`hft_market_config`): ``latency_ns`` / ``response_latency_ns`` are
@@ -291,7 +291,9 @@ def run_cmm_hftbacktest(model, book, events=None, cfg=None, *, interval_ns: int 
     build_s (the asset build), compile_s (compiling the loop: the first call in a process only)."""
     from hftbacktest import BacktestAsset, HashMapMarketDepthBacktest
 
-    from ..data.hftbacktest import FILL_DTYPE, book_to_events, sort_fills
+    from ..data.hft_events import book_to_events
+
+    from .hft_agreement import FILL_DTYPE, sort_fills
 
     cfg = hft_market_config() if cfg is None else cfg
     if events is None:

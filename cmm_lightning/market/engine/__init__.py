@@ -23,7 +23,7 @@ functions passed as runtime values. So the parameter vector carries the model's 
 model is a new file here plus its registration (the steps: ``model.py``).
 
 Both doors run the same loop (``loop._run``): :func:`run_backtest` (the whole backtest in numba,
-one call per episode) and :class:`Engine` / ``rl.py`` (``advance`` / ``decide`` / ``submit``,
+one call per episode) and :class:`Engine` / ``rl_env.py`` (``advance`` / ``decide`` / ``submit``,
 per action, for many environments at once). Internally prices are ticks and cash is ticks x
 shares; the doors report currency.
 """

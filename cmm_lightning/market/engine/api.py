@@ -123,7 +123,7 @@ class Engine:
 
     @property
     def n_logged(self) -> np.ndarray:
-        """Rows written to the fills log, per env (a log the caller keeps, as rl.py does)."""
+        """Rows written to the fills log, per env (a log the caller keeps, as rl_env.py does)."""
         return self.IS[:, I_NLOG].copy()
 
     def counters(self) -> dict:

@@ -1,6 +1,6 @@
 """THE compiled event loop (:func:`_loop`, one account) and the doors that run it: the whole
 backtest (:func:`run_engine`, one call per episode) and the stepping kernels of ``Engine`` and
-``rl.py`` (:func:`advance`, :func:`decide`, :func:`submit` and their batched forms).
+``rl_env.py`` (:func:`advance`, :func:`decide`, :func:`submit` and their batched forms).
 
 Arguments come grouped as tuples: ``bk`` the book (``book_arrays``: ts, bid_px, bid_sz, ask_px,
 ask_sz, trade_px, trade_sz, trade_side, msg_type, msg_price, msg_size, msg_direction), ``acct``
@@ -197,7 +197,7 @@ def _loop(bk, prm, acct, r1, decs, j0, j1, raw, send, log_i, log_f, rec, base):
     return j
 
 
-# ------------------------------------------------------------------ doors (Engine, rl.py)
+# ------------------------------------------------------------------ doors (Engine, rl_env.py)
 @njit(cache=True, inline="always")
 def advance(bk, prm, fs, is_, pi, pf, r1, log_i, log_f, eq, inv, base):
     """Process rows ``is_[I_ROW] .. r1-1`` (no decisions); write equity (currency) / inventory at

@@ -14,12 +14,16 @@ Datasets (``evaluate.*``), each run by ``fit`` in its own folder ``run.dir/<data
 
 Pooling: PnL figures are converted to ticks per base clip (EPnL / (tick · market.base_size), MAP /
 base_size), so instruments of different prices pool. Per dataset a policy's per-episode values are
-first averaged over training seeds (the episodes are the same market, not new data); the pooled
-columns put every dataset's episodes together: pooled PnLMAP = ΣEPnL / Σ max(MAP, 1 share) with a
-bootstrap CI over episodes, and cmm against each baseline as a paired difference over the same
-episodes (CI, one-sided p-value, Holm across baselines), plus the number of datasets where cmm is
-ahead / behind (CI excluding zero and Holm-adjusted p < 0.05) / indistinguishable. The spread over training seeds is the
-standard deviation of each dataset's pooled PnLMAP across seeds.
+first averaged over training seeds (the episodes are the same market, not new data); a dataset's
+PnLMAP = ΣEPnL / Σ max(MAP, 1 share) over its episodes. The POOLED column is the mean of the
+datasets' PnLMAP (every dataset weighs the same; a ratio of sums over all datasets' episodes would
+weigh each dataset by the inventory the policy held there, so two policies tied on every dataset
+could differ pooled), with a bootstrap CI that resamples episodes within each dataset, and cmm
+against each baseline as the paired difference of that mean over the same episodes (CI, one-sided
+permutation p-value swapping the two policies' episodes, Holm across baselines), plus the number
+of datasets where cmm is ahead / behind (CI excluding zero and Holm-adjusted p < 0.05) /
+indistinguishable. The spread over training seeds is the standard deviation of each dataset's
+PnLMAP across seeds.
 """
 
 from __future__ import annotations
@@ -117,7 +121,7 @@ def aggregate(runs: dict[str, list[dict]], base_size: float, seed: int = 0) -> d
     """{"datasets": {name: {policy: {pnlmap, ci, seed_std, n_episodes}, "paired": …}},
     "pooled": {policy: {pnlmap, ci}, "paired": {baseline: …}, "wins": …}} from the reports."""
     from .compare import add_holm_verdicts
-    from .stats import ratio_ci
+    from .stats import ratio_ci, stratified_ratio
 
     floor = 1.0 / base_size  # MAP floored at one share, in clips
     per_ds, pooled_eps = {}, {}
@@ -140,15 +144,16 @@ def aggregate(runs: dict[str, list[dict]], base_size: float, seed: int = 0) -> d
     pooled = {}
     for p in common:
         e = np.concatenate([x[1] for x in pooled_eps[p]])
-        m = np.concatenate([x[2] for x in pooled_eps[p]])
-        pooled[p] = {"pnlmap": pooled_pnlmap(e, m, base_size), "ci": list(ratio_ci(e, np.maximum(m, floor), seed=seed)),
-                     "n_episodes": int(len(e)), "n_datasets": len(runs), "epnl": e, "map": m}
+        m = np.maximum(np.concatenate([x[2] for x in pooled_eps[p]]), floor)
+        strata = np.concatenate([np.full(len(x[1]), k) for k, x in enumerate(pooled_eps[p])])
+        pooled[p] = {"pnlmap": stratified_ratio(e, m, strata), "ci": list(ratio_ci(e, m, seed=seed, strata=strata)),
+                     "n_episodes": int(len(e)), "n_datasets": len(runs), "epnl": e, "map": m, "strata": strata}
     paired = {}
     if "cmm" in pooled:
         for p in common:
             if p == "cmm":
                 continue
-            r = _paired(pooled["cmm"], pooled[p], floor, seed)
+            r = _paired(pooled["cmm"], pooled[p], floor, seed, strata=pooled["cmm"]["strata"])
             r["datasets"] = {v: sum(per_ds[d]["paired"].get(p, {}).get("verdict") == v for d in per_ds)
                              for v in ("ahead", "behind", "indistinguishable")}
             paired[p] = r
@@ -156,15 +161,16 @@ def aggregate(runs: dict[str, list[dict]], base_size: float, seed: int = 0) -> d
     for block in [*per_ds.values(), pooled]:
         for v in block.values():
             if isinstance(v, dict):
-                v.pop("epnl", None), v.pop("map", None)
+                v.pop("epnl", None), v.pop("map", None), v.pop("strata", None)
     pooled["paired"] = paired
     return {"datasets": per_ds, "pooled": pooled}
 
 
-def _paired(a: dict, b: dict, floor: float, seed: int) -> dict:
+def _paired(a: dict, b: dict, floor: float, seed: int, strata=None) -> dict:
     from .stats import paired_test
 
-    t = paired_test(a["epnl"], b["epnl"], np.maximum(a["map"], floor), np.maximum(b["map"], floor), seed=seed)
+    t = paired_test(a["epnl"], b["epnl"], np.maximum(a["map"], floor), np.maximum(b["map"], floor), seed=seed,
+                    strata=strata)
     return {k: t[k] for k in ("diff", "ci", "p_value", "p_less")}
 
 
@@ -176,7 +182,8 @@ def evaluation_table(ev: dict) -> str:
     pols = [p for p in ev["pooled"] if p != "paired"]
     w = 30
     head = f"{'policy':<20}" + "".join(f"{n[:w - 2]:>{w}}" for n in names) + f"{'POOLED':>{w}}"
-    lines = ["pooled PnLMAP (ticks; ΣEPnL / ΣMAP over episodes) [95 % CI]", head]
+    lines = ["PnLMAP (ticks; ΣEPnL / ΣMAP over a dataset's episodes) [95 % CI]; POOLED: the mean over datasets, "
+             "each weighing the same", head]
     for p in pols:
         cells = [_ci(ev["datasets"][n][p]["pnlmap"], ev["datasets"][n][p]["ci"]) if p in ev["datasets"][n] else "n/a"
                  for n in names]
@@ -184,8 +191,8 @@ def evaluation_table(ev: dict) -> str:
         lines.append(f"{p:<20}" + "".join(f"{c:>{w}}" for c in cells))
     paired = ev["pooled"].get("paired", {})
     if paired:
-        lines += ["", "cmm − baseline, all datasets' episodes paired (95 % CI; p one-sided, Holm); datasets "
-                  "where cmm is ahead / behind / indistinguishable",
+        lines += ["", "cmm − baseline in the POOLED PnLMAP, the same episodes (95 % CI; p one-sided, Holm); "
+                  "datasets where cmm is ahead / behind / indistinguishable",
                   f"{'baseline':<20}{'Δ PnLMAP':>30}{'p_holm':>9}  {'verdict':<18}{'ahead/behind/indist.':>22}"]
         for p, r in paired.items():
             d = r["datasets"]

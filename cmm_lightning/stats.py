@@ -9,6 +9,12 @@ unit. Resampling is done by scipy:
                     numerator and denominator, or two policies' records, stay together);
     p-values        ``scipy.stats.permutation_test(..., permutation_type="samples")``: within each
                     episode the two policies' records are swapped at random (sign-flip test).
+    strata          episodes of several datasets (``evaluate``): ``strata`` labels each episode's
+                    dataset; the statistic is the mean over datasets of each dataset's pooled ratio
+                    (every dataset weighs the same, whatever its episodes' sizes: a ratio of sums
+                    over all datasets would let the dataset where a policy holds the most
+                    inventory decide its score), and the bootstrap resamples episodes within each
+                    dataset (one scipy sample per dataset, ``paired=False``).
 
 CI method: BCa (bias-corrected and accelerated, Efron & Tibshirani 1993 §14.3); where BCa is
 undefined (NaN: constant or otherwise degenerate bootstrap distribution) the percentile interval
@@ -29,8 +35,8 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import stats
 
-__all__ = ["BCA_MAX_UNITS", "mean_ci", "ratio_ci", "paired_test", "holm", "r2_ci", "r2_diff_ci",
-           "verdict"]
+__all__ = ["BCA_MAX_UNITS", "mean_ci", "ratio_ci", "stratified_ratio", "paired_test", "holm", "r2_ci",
+           "r2_diff_ci", "verdict"]
 
 BCA_MAX_UNITS = 2000          # above this many resampling units: percentile instead of BCa
 _BATCH_ELEMS = 1 << 21        # elements gathered per resample batch (~16 MB of float64 per array)
@@ -64,12 +70,13 @@ def _ratio(num, den, axis=-1):
         return np.where(d != 0, np.sum(num, axis=axis) / np.where(d != 0, d, 1.0), np.nan)
 
 
-def _boot_ci(data, statistic, confidence: float, n_resamples: int, rng):
-    """Paired bootstrap CI of ``statistic(*data, axis=-1)`` over the last axis (the units).
+def _boot_ci(data, statistic, confidence: float, n_resamples: int, rng, paired: bool = True):
+    """Bootstrap CI of ``statistic(*data, axis=-1)`` over the last axis (the units): the arrays
+    resampled jointly (``paired``) or each on its own (strata: one array of units per stratum).
 
     Returns (theta, lo, hi) as float64 arrays of the statistic's shape."""
     data = [np.asarray(d) for d in data]
-    n = data[0].shape[-1]
+    n = min(d.shape[-1] for d in data)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # e.g. the mean of an empty array
         theta = np.asarray(statistic(*data, axis=-1), dtype=np.float64)
@@ -81,7 +88,7 @@ def _boot_ci(data, statistic, confidence: float, n_resamples: int, rng):
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
         res = stats.bootstrap(data, statistic, n_resamples=n_resamples, batch=_batch(data),
-                              vectorized=True, paired=True, axis=-1, confidence_level=confidence,
+                              vectorized=True, paired=paired, axis=-1, confidence_level=confidence,
                               method=method, rng=rng)
     lo = np.array(res.confidence_interval.low, dtype=np.float64, ndmin=0).reshape(theta.shape)
     hi = np.array(res.confidence_interval.high, dtype=np.float64, ndmin=0).reshape(theta.shape)
@@ -115,14 +122,38 @@ def mean_ci(x, confidence: float = 0.95, n_resamples: int = 9999, seed=0) -> tup
     return float(lo), float(hi)
 
 
+def _groups(strata, n: int) -> list[np.ndarray]:
+    """Episode indices of each stratum (in order of first appearance)."""
+    lab = np.asarray(strata)
+    if lab.shape != (n,):
+        raise ValueError(f"strata must label each of the {n} episodes, got shape {lab.shape}")
+    _, first, inv = np.unique(lab, return_index=True, return_inverse=True)
+    return [np.flatnonzero(inv == k) for k in np.argsort(first)]
+
+
+def stratified_ratio(num, den, strata) -> float:
+    """Mean over strata of the stratum's pooled ratio, (1/K) Σ_k Σ_{i∈k} num_i / Σ_{i∈k} den_i."""
+    num, den = _vec(num, "num"), _vec(den, "den")
+    return float(np.mean([_ratio(num[g], den[g]) for g in _groups(strata, num.size)]))
+
+
 def ratio_ci(num, den, confidence: float = 0.95, n_resamples: int = 9999,
-             seed=0) -> tuple[float, float]:
+             seed=0, strata=None) -> tuple[float, float]:
     """CI of the pooled ratio R = Σ num_i / Σ den_i (e.g. PnLMAP = ΣEPnL / ΣMAP) by a paired
-    bootstrap over episodes: (num_i, den_i) are resampled jointly. NaN when Σ den = 0 or n < 2."""
+    bootstrap over episodes: (num_i, den_i) are resampled jointly. NaN when Σ den = 0 or n < 2.
+    With ``strata``: the CI of :func:`stratified_ratio`, episodes resampled within each stratum."""
     num, den = _vec(num, "num"), _vec(den, "den")
     if num.shape != den.shape:
         raise ValueError(f"num and den differ in length: {num.shape} vs {den.shape}")
-    _, lo, hi = _boot_ci((num, den), _ratio, confidence, n_resamples, _rngs(seed, 1)[0])
+    if strata is None:
+        _, lo, hi = _boot_ci((num, den), _ratio, confidence, n_resamples, _rngs(seed, 1)[0])
+        return float(lo), float(hi)
+
+    def statistic(*groups, axis=-1):
+        return np.mean([_ratio(num[np.asarray(g, np.intp)], den[np.asarray(g, np.intp)], axis) for g in groups], 0)
+
+    _, lo, hi = _boot_ci(_groups(strata, num.size), statistic, confidence, n_resamples, _rngs(seed, 1)[0],
+                         paired=False)
     return float(lo), float(hi)
 
 
@@ -130,11 +161,14 @@ def ratio_ci(num, den, confidence: float = 0.95, n_resamples: int = 9999,
 # paired comparison of two policies on the same episodes
 
 def paired_test(a_num, b_num, a_den=None, b_den=None, confidence: float = 0.95,
-                n_resamples: int = 9999, seed=0) -> dict:
+                n_resamples: int = 9999, seed=0, strata=None) -> dict:
     """Paired comparison of policy A with policy B on the same n episodes.
 
     Statistic (den None):   D = mean(a) − mean(b) = mean_i (a_i − b_i)
               (den given):  D = Σa_num/Σa_den − Σb_num/Σb_den   (pooled ratio, e.g. PnLMAP)
+              (and strata): D = mean over strata of that difference within the stratum
+                            (:func:`stratified_ratio` of A minus that of B); the bootstrap
+                            resamples episodes within each stratum, the swaps stay per episode
 
     Returns {"diff": D, "ci": [lo, hi], "p_value": p, "p_less": p', "n": n}:
       ci       paired bootstrap CI of D (episodes resampled jointly for both policies);
@@ -164,13 +198,28 @@ def paired_test(a_num, b_num, a_den=None, b_den=None, confidence: float = 0.95,
         # samples are row indices, so a swap moves a whole record and the statistic looks it up
         num, den = np.concatenate([a, b]), np.concatenate([ad, bd])
         data = (np.arange(n), np.arange(n) + n)
+        groups = None if strata is None else _groups(strata, n)  # positions of each stratum
 
         def statistic(ia, ib, axis=-1):
             ia, ib = np.asarray(ia, dtype=np.intp), np.asarray(ib, dtype=np.intp)
-            return _ratio(num[ia], den[ia], axis) - _ratio(num[ib], den[ib], axis)
+            if groups is None:
+                return _ratio(num[ia], den[ia], axis) - _ratio(num[ib], den[ib], axis)
+            # the permutation test keeps every episode at its position: position i is episode i
+            return np.mean([_ratio(num[ia[..., g]], den[ia[..., g]], axis) - _ratio(num[ib[..., g]], den[ib[..., g]], axis)
+                            for g in groups], 0)
 
     rng_boot, rng_perm = _rngs(seed, 2)
-    diff, lo, hi = _boot_ci(data, statistic, confidence, n_resamples, rng_boot)
+    if strata is not None and a_den is not None:  # episodes resampled within each stratum
+
+        def by_stratum(*gs, axis=-1):
+            return np.mean([_ratio(a[np.asarray(g, np.intp)], ad[np.asarray(g, np.intp)], axis)
+                            - _ratio(b[np.asarray(g, np.intp)], bd[np.asarray(g, np.intp)], axis) for g in gs], 0)
+
+        diff, lo, hi = _boot_ci(groups, by_stratum, confidence, n_resamples, rng_boot, paired=False)
+    else:
+        if strata is not None:
+            raise ValueError("strata go with a pooled ratio (a_den, b_den)")
+        diff, lo, hi = _boot_ci(data, statistic, confidence, n_resamples, rng_boot)
     p = {"greater": np.nan, "less": np.nan}
     if n >= 2 and np.isfinite(diff):
         state = rng_perm.bit_generator.state

@@ -50,6 +50,8 @@ def test_evaluate_two_synthetic_markets_pools_them_and_reruns_cheaply(tmp_path):
         lo, hi = m["ci"]
         assert lo <= m["pnlmap"] <= hi and m["n_datasets"] == 2, p
         assert m["n_episodes"] == sum(ev["datasets"][d][p]["n_episodes"] for d in ev["datasets"])
+        # pooled = the mean of the datasets' PnLMAP: each dataset weighs the same
+        assert m["pnlmap"] == pytest.approx(sum(ev["datasets"][d][p]["pnlmap"] for d in ev["datasets"]) / 2, rel=1e-9)
     for b, r in ev["pooled"]["paired"].items():
         assert sum(r["datasets"].values()) == 2 and r["verdict"] in ("ahead", "behind", "indistinguishable")
         assert 0 <= r["p_value"] <= 1 and r["p_holm"] >= r["p_value"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cmm_lightning.stats import (BCA_MAX_UNITS, holm, mean_ci, paired_test, r2_ci, r2_diff_ci,
-                                 ratio_ci, verdict)
+                                 ratio_ci, stratified_ratio, verdict)
 
 N_SIM = 200
 
@@ -293,3 +293,43 @@ def test_degenerate_inputs_are_finite_or_nan_without_warnings():
         tiny = r2_diff_ci([1.0], [1.0], [0.0])
         assert tiny["n"] == 1 and all(map(math.isnan, tiny["ci"]))
         assert holm([np.nan]) == [pytest.approx(np.nan, nan_ok=True)]
+
+
+# ------------------------------------------------------------------ several datasets (strata)
+def _two_datasets(rng, edge: float = 0.0):
+    """Two datasets of 20 episodes, MAP ~ 100. Per dataset both policies earn the same PnL per
+    unit MAP (0.9 and 0.0) up to own noise, + ``edge`` for A; B holds 6x A's inventory on dataset 1
+    (Simpson's trap for one ratio of sums over both: there B's PnLMAP is ~0.13, A's ~0.45)."""
+    strata = np.repeat([0, 1], 20)
+    map_a = 100.0 * rng.uniform(0.8, 1.2, 40)
+    map_b = map_a * np.where(strata == 0, 1.0, 6.0)
+    rate = np.where(strata == 0, 0.9, 0.0)
+    pnl_a = (rate + edge) * map_a + rng.normal(0, 0.5, 40)
+    pnl_b = rate * map_b + rng.normal(0, 0.5, 40)
+    return pnl_a, map_a, pnl_b, map_b, strata
+
+
+def test_stratified_ratio_is_the_mean_of_the_datasets_ratios():
+    num, den, strata = np.array([1.0, 2, 3, 4, 5]), np.array([1.0, 1, 2, 2, 6]), np.array(["x", "x", "y", "y", "y"])
+    assert stratified_ratio(num, den, strata) == pytest.approx(((1 + 2) / 2 + (3 + 4 + 5) / 10) / 2, rel=1e-12)
+    lo, hi = ratio_ci(num, den, strata=strata)
+    assert lo <= stratified_ratio(num, den, strata) <= hi
+
+
+def test_pooled_over_datasets_is_not_fooled_by_inventory_weights():
+    a, ad, b, bd, strata = _two_datasets(np.random.default_rng(3))
+    naive = paired_test(a, b, ad, bd)  # one ratio of sums over both datasets: B's big MAP on dataset 1 sinks it
+    assert naive["diff"] > 0.3 and verdict(naive) == "ahead"
+    out = paired_test(a, b, ad, bd, strata=strata)
+    assert out["diff"] == pytest.approx(stratified_ratio(a, ad, strata) - stratified_ratio(b, bd, strata), rel=1e-12)
+    assert abs(out["diff"]) < 0.05 and out["ci"][0] < 0 < out["ci"][1] and out["p_value"] > 0.05
+    assert verdict(out, out["p_value"], out["p_less"]) == "indistinguishable"
+
+
+def test_pooled_over_datasets_finds_a_planted_edge():
+    a, ad, b, bd, strata = _two_datasets(np.random.default_rng(4), edge=0.1)
+    out = paired_test(a, b, ad, bd, strata=strata)
+    assert abs(out["diff"] - 0.1) < 0.05 and out["p_value"] < 0.01
+    assert verdict(out, out["p_value"], out["p_less"]) == "ahead"
+    with pytest.raises(ValueError, match="strata"):
+        paired_test(a, b, strata=strata)

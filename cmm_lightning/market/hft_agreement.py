@@ -110,11 +110,48 @@ def run_fixed_spread_engine(book: Book, *, interval_ns: int = 100_000_000, size:
 
 
 @functools.cache
+def order_sweep():
+    """The pass over hftbacktest's orders both hftbacktest loops make after each ``elapse``
+    (compiled on first use: it takes hftbacktest's jitclass): ``sweep(hbt, done, fills, n) ->
+    (n, open_buy, open_sell)`` records every FILLED order into ``fills[n:]`` (FILL_DTYPE), sums the
+    size of each side's orders that may still fill (resting, in flight, or filled but not yet
+    reported) and, unless ``done``, cancels every resting one (cancel and replace)."""
+    from hftbacktest import BUY, FILLED, NEW, NONE
+    from numba import njit
+
+    @njit
+    def sweep(hbt, done, fills, n):  # pragma: no cover - jit
+        open_buy = 0.0
+        open_sell = 0.0
+        values = hbt.orders(0).values()
+        while values.has_next():
+            o = values.get()
+            if o.status == FILLED:
+                fills[n].ts = o.exch_timestamp
+                fills[n].side = o.side
+                fills[n].px = o.exec_price_tick
+                fills[n].qty = o.exec_qty
+                n += 1
+            elif not done and (o.status == NEW or o.req == NEW):
+                if o.side == BUY:
+                    open_buy += o.leaves_qty
+                else:
+                    open_sell += o.leaves_qty
+                if o.status == NEW and o.req == NONE:
+                    hbt.cancel(0, o.order_id, False)
+        return n, open_buy, open_sell
+
+    return sweep
+
+
+@functools.cache
 def _hftbacktest_policy():
     """The reference policy as hftbacktest's numba loop over ``elapse(interval)`` (compiled on first
     use): records every fill into ``fills`` (FILL_DTYPE) and returns how many."""
-    from hftbacktest import BUY, FILLED, GTX, LIMIT, NEW, NONE
+    from hftbacktest import GTX, LIMIT
     from numba import njit
+
+    sweep = order_sweep()
 
     @njit
     def policy(hbt, interval, size, limit, fills):  # pragma: no cover - jit
@@ -123,24 +160,7 @@ def _hftbacktest_policy():
         tick = hbt.depth(0).tick_size
         while True:
             done = hbt.elapse(interval) != 0  # the end of the data: record the last fills only
-            open_buy = 0.0
-            open_sell = 0.0
-            values = hbt.orders(0).values()
-            while values.has_next():
-                o = values.get()
-                if o.status == FILLED:
-                    fills[n].ts = o.exch_timestamp
-                    fills[n].side = o.side
-                    fills[n].px = o.exec_price_tick
-                    fills[n].qty = o.exec_qty
-                    n += 1
-                elif not done and (o.status == NEW or o.req == NEW):
-                    if o.side == BUY:
-                        open_buy += o.leaves_qty
-                    else:
-                        open_sell += o.leaves_qty
-                    if o.status == NEW and o.req == NONE:
-                        hbt.cancel(0, o.order_id, False)
+            n, open_buy, open_sell = sweep(hbt, done, fills, n)
             if done:
                 return n
             hbt.clear_inactive_orders(0)

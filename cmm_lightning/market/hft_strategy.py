@@ -211,8 +211,13 @@ def run_cmm_engine(model, book, cfg=None, *, interval_ns: int = 100_000_000, vol
 def _hbt_loop():
     """The CMM as hftbacktest's numba strategy loop over ``elapse(interval)`` (compiled on first use:
     it takes hftbacktest's jitclass). The cancel / replace logic of the fixed-spread reference
-    strategy (``hft_agreement._hftbacktest_policy``); the quotes from :func:`cmm_quote`."""
-    from hftbacktest import BUY, FILLED, GTX, LIMIT, NEW, NONE
+    strategy (``hft_agreement._hftbacktest_policy``, the same ``order_sweep``); the quotes from
+    :func:`cmm_quote`."""
+    from hftbacktest import GTX, LIMIT
+
+    from .hft_agreement import order_sweep
+
+    sweep = order_sweep()
 
     @njit
     def loop(hbt, interval, ts, bk, kw, T, prm, sp, scratch, fills, log):  # pragma: no cover - jit
@@ -226,24 +231,7 @@ def _hbt_loop():
         pred = np.empty(3, np.float32)
         while True:
             done = hbt.elapse(interval) != 0  # the end of the data: record the last fills only
-            open_buy = 0.0
-            open_sell = 0.0
-            values = hbt.orders(0).values()
-            while values.has_next():
-                o = values.get()
-                if o.status == FILLED:
-                    fills[n].ts = o.exch_timestamp
-                    fills[n].side = o.side
-                    fills[n].px = o.exec_price_tick
-                    fills[n].qty = o.exec_qty
-                    n += 1
-                elif not done and (o.status == NEW or o.req == NEW):
-                    if o.side == BUY:  # may still fill: resting, in flight, or filled but not reported
-                        open_buy += o.leaves_qty
-                    else:
-                        open_sell += o.leaves_qty
-                    if o.status == NEW and o.req == NONE:
-                        hbt.cancel(0, o.order_id, False)
+            n, open_buy, open_sell = sweep(hbt, done, fills, n)  # fills in, resting orders cancelled
             if done:
                 return n, k
             hbt.clear_inactive_orders(0)

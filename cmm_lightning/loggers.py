@@ -339,6 +339,8 @@ def read_offline_run(run_folder: Path) -> dict:
             r = rec.run
             out["run"] = {"id": r.run_id, "project": r.project, "entity": r.entity, "name": r.display_name,
                           "tags": list(r.tags), "job_type": r.job_type}
+            for u in r.config.update:  # config set before the run record went out travels inside it
+                out["config"][key(u)] = json.loads(u.value_json)
         elif kind == "config":
             for u in rec.config.update:
                 out["config"][key(u)] = json.loads(u.value_json)

@@ -80,8 +80,11 @@ def wandb_logger(cfg: DictConfig, run_dir: Path, name: str):
         project=cfg.logger.project, entity=cfg.logger.entity, tags=list(cfg.logger.tags),
         save_dir=str(run_dir), offline=bool(offline), name=Path(run_dir).name, job_type=name,
         settings=_wandb_settings(),
+        # the resolved config goes to wandb.init: it is part of the run record. A config.update
+        # right after init was sometimes missing from the offline run log (not published when the
+        # run's interface was not attached yet; seen in 2 of 4 full test runs)
+        config=OmegaConf.to_container(cfg, resolve=True),
     )
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the resolved config
     return logger
 
 

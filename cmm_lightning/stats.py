@@ -131,10 +131,15 @@ def _groups(strata, n: int) -> list[np.ndarray]:
     return [np.flatnonzero(inv == k) for k in np.argsort(first)]
 
 
+def _stratum_ratios(num, den, index_arrays, axis=-1) -> np.ndarray:
+    """[K, ...] pooled ratio Σ num / Σ den of each stratum, ``index_arrays[k]`` its episodes."""
+    return np.stack([_ratio(num[np.asarray(i, np.intp)], den[np.asarray(i, np.intp)], axis) for i in index_arrays])
+
+
 def stratified_ratio(num, den, strata) -> float:
     """Mean over strata of the stratum's pooled ratio, (1/K) Σ_k Σ_{i∈k} num_i / Σ_{i∈k} den_i."""
     num, den = _vec(num, "num"), _vec(den, "den")
-    return float(np.mean([_ratio(num[g], den[g]) for g in _groups(strata, num.size)]))
+    return float(np.mean(_stratum_ratios(num, den, _groups(strata, num.size)), 0))
 
 
 def ratio_ci(num, den, confidence: float = 0.95, n_resamples: int = 9999,
@@ -150,7 +155,7 @@ def ratio_ci(num, den, confidence: float = 0.95, n_resamples: int = 9999,
         return float(lo), float(hi)
 
     def statistic(*groups, axis=-1):
-        return np.mean([_ratio(num[np.asarray(g, np.intp)], den[np.asarray(g, np.intp)], axis) for g in groups], 0)
+        return np.mean(_stratum_ratios(num, den, groups, axis), 0)
 
     _, lo, hi = _boot_ci(_groups(strata, num.size), statistic, confidence, n_resamples, _rngs(seed, 1)[0],
                          paired=False)
@@ -205,15 +210,14 @@ def paired_test(a_num, b_num, a_den=None, b_den=None, confidence: float = 0.95,
             if groups is None:
                 return _ratio(num[ia], den[ia], axis) - _ratio(num[ib], den[ib], axis)
             # the permutation test keeps every episode at its position: position i is episode i
-            return np.mean([_ratio(num[ia[..., g]], den[ia[..., g]], axis) - _ratio(num[ib[..., g]], den[ib[..., g]], axis)
-                            for g in groups], 0)
+            return np.mean(_stratum_ratios(num, den, [ia[..., g] for g in groups], axis)
+                           - _stratum_ratios(num, den, [ib[..., g] for g in groups], axis), 0)
 
     rng_boot, rng_perm = _rngs(seed, 2)
     if strata is not None and a_den is not None:  # episodes resampled within each stratum
 
         def by_stratum(*gs, axis=-1):
-            return np.mean([_ratio(a[np.asarray(g, np.intp)], ad[np.asarray(g, np.intp)], axis)
-                            - _ratio(b[np.asarray(g, np.intp)], bd[np.asarray(g, np.intp)], axis) for g in gs], 0)
+            return np.mean(_stratum_ratios(a, ad, gs, axis) - _stratum_ratios(b, bd, gs, axis), 0)
 
         diff, lo, hi = _boot_ci(groups, by_stratum, confidence, n_resamples, rng_boot, paired=False)
     else:

@@ -101,8 +101,12 @@ def run_fixed_spread_engine(book: Book, *, interval_ns: int = 100_000_000, size:
                        max_size=max(size, 1), lot_size=1.0, episode_length=None)
     res = run_backtest(book, rows, q, cfg, end_row=book.n, raw_quotes=True, decision_ts=dec_ts,
                        metrics=result)
-    if result:
-        return res
+    return res if result else engine_fills(res, book)
+
+
+def engine_fills(res, book: Book) -> tuple[np.ndarray, float]:
+    """A ``run_backtest`` result's fills as FILL_DTYPE, sorted like :func:`sort_fills`, and the
+    final mid in ticks: what the hftbacktest runners return, to compare with them."""
     f = res.fills
     out = np.zeros(len(f), FILL_DTYPE)
     out["ts"], out["side"], out["px"], out["qty"] = f["ts"], f["side"], f["price"], f["size"]

@@ -189,8 +189,8 @@ def run_cmm_engine(model, book, cfg=None, *, interval_ns: int = 100_000_000, vol
     """The ``cmm`` policy in our engine on hftbacktest's clock (one episode: the whole book;
     ``cfg`` default :func:`hft_market_config`) -> ``(fills FILL_DTYPE sorted like sort_fills, final
     mid in ticks)``, or with ``result`` the ``BacktestResult`` (with metrics)."""
-    from .hft_agreement import FILL_DTYPE, sort_fills
     from .engine import run_backtest
+    from .hft_agreement import engine_fills
 
     cfg = hft_market_config() if cfg is None else cfg
     dec_ts, rows, _, sig = cmm_clock_decisions(model, book, cfg, interval_ns=interval_ns, volume_ref=volume_ref)
@@ -198,12 +198,7 @@ def run_cmm_engine(model, book, cfg=None, *, interval_ns: int = 100_000_000, vol
         raise ValueError(f"the book spans less than one decision interval ({interval_ns} ns)")
     res = run_backtest(book, rows, sig, cfg, end_row=book.n, decision_ts=dec_ts, metrics=result,
                        episodes=np.array([[rows[0], book.n]], np.int64))
-    if result:
-        return res
-    f = res.fills
-    out = np.zeros(len(f), FILL_DTYPE)
-    out["ts"], out["side"], out["px"], out["qty"] = f["ts"], f["side"], f["price"], f["size"]
-    return sort_fills(out), 0.5 * float(book.bid_px[-1, 0] + book.ask_px[-1, 0])
+    return res if result else engine_fills(res, book)
 
 
 # ----------------------------------------------------------------------------- hftbacktest
